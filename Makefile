@@ -1,0 +1,30 @@
+# The two commands of CONTRACTS.md §1: `make demo` and `make test`, from nothing but Python and pip.
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo .uv-bootstrap/bin/uv)
+VENV := .venv
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export UV_LINK_MODE := copy
+
+.PHONY: demo test bench sync clean
+
+$(UV):
+	$(PYTHON) -m venv .uv-bootstrap
+	.uv-bootstrap/bin/pip install --quiet uv
+
+$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen
+	touch $@
+
+sync: $(VENV)/.synced
+
+test: sync
+	$(VENV)/bin/pytest -q
+
+demo: sync
+	$(VENV)/bin/python -m gpuops.demo
+
+bench: sync
+	$(VENV)/bin/python benchmarks/describe_create_jobs.py
+
+clean:
+	rm -rf $(VENV) .uv-bootstrap .gpuops

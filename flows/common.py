@@ -1,0 +1,57 @@
+"""What every Cloud Run flow needs: which service, through which endpoint."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from blocks.cloud_run import CloudRunTarget
+from gpuops import cloudrun
+from gpuops.errors import BadInput
+
+_ID = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_PROJECT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class Target:
+    project: str
+    region: str
+    service: str
+    endpoint: str | None = None
+
+    @property
+    def service_name(self) -> str:
+        return cloudrun.service_name(self.project, self.region, self.service)
+
+    def job_name(self, job: str) -> str:
+        return cloudrun.job_name(self.project, self.region, job)
+
+
+def resolve_target(project: str | None, region: str | None, service: str | None,
+                   block: CloudRunTarget | None = None) -> tuple[Target, object]:
+    """Explicit parameters win over the block; every missing or malformed field is named."""
+    project = project or (block.project if block else None)
+    region = region or (block.region if block else None)
+    service = service or (block.service if block else None)
+    for field, value, pattern, example in (
+        ("project", project, _PROJECT, "nca-toolkit-438301"),
+        ("region", region, _ID, "us-central1"),
+        ("service", service, _ID, "no-code-architects-toolkit"),
+    ):
+        if not value:
+            raise BadInput(f"{field} is required: pass --{field} (e.g. {example}) or a CloudRunTarget block.")
+        if not pattern.match(value):
+            raise BadInput(f"{field} {value!r} is not a valid Cloud Run {field} name (e.g. {example}).")
+    credentials = block.google_credentials() if block else None
+    return Target(project, region, service, block.endpoint if block else None), credentials
+
+
+def connect(target: Target, credentials=None) -> cloudrun.CloudRun:
+    return cloudrun.connect(target.endpoint, credentials)
+
+
+def where(cr: cloudrun.CloudRun) -> str:
+    """How a report names the API it talked to: an emulator is always labelled as one."""
+    if cr.is_emulator:
+        return f"gpuops Cloud Run emulator at {cr.endpoint} (not Google)"
+    return cr.endpoint or "Google Cloud Run Admin API (run.googleapis.com)"

@@ -1,0 +1,120 @@
+"""The `gpuops` command: every migration flow from the shell, with the UI's parameters."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Callable
+
+from gpuops.errors import BadInput, CheckFailed
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _service_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", required=True, help="Google Cloud project ID")
+    p.add_argument("--region", required=True, help="Cloud Run region, e.g. us-central1")
+    p.add_argument("--service", required=True, help="the Cloud Run service")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
+
+
+def _describe(args) -> dict:
+    from flows.describe_revision import describe_revision
+
+    return describe_revision(args.project, args.region, args.service)
+
+
+def _create_jobs(args) -> dict:
+    from blocks.cloud_run import GpuProfile
+    from flows.create_jobs import create_jobs
+
+    profile = GpuProfile(**{k: v for k, v in {
+        "gpu_type": args.gpu_type, "cpu": args.cpu, "memory": args.memory,
+        "max_instances": args.max_instances, "gpu_zonal_redundancy": args.gpu_zonal_redundancy,
+    }.items() if v is not None})
+    return create_jobs(args.project, args.region, args.service, gpu_profile=profile,
+                       dry_run=args.dry_run, require_secret_refs=args.require_secret_refs,
+                       prefix=args.prefix)
+
+
+def _emulate(args) -> None:
+    from gpuops.emulator.cloudrun import serve
+
+    print(f"gpuops local Cloud Run Admin API v2 emulator (not Google) on http://127.0.0.1:{args.port}",
+          file=sys.stderr)
+    serve(args.port, args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpuops", description="GPU operations runbooks as Prefect flows.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("describe", help="describe the live revision of a Cloud Run service (phase 0)")
+    _service_args(p)
+    p.set_defaults(run=_describe)
+
+    p = sub.add_parser("create-jobs", help="create the CPU job, GPU job and GPU service (phases 1-2)")
+    _service_args(p)
+    p.add_argument("--gpu-type", help="GPU type (default nvidia-l4)")
+    p.add_argument("--cpu", help="CPU per GPU instance (default 8)")
+    p.add_argument("--memory", help="memory per GPU instance (default 32Gi)")
+    p.add_argument("--max-instances", type=int, help="max GPU service instances (default 3)")
+    p.add_argument("--no-gpu-zonal-redundancy", dest="gpu_zonal_redundancy", action="store_const",
+                   const=False, help="cheaper, best-effort GPU capacity")
+    p.add_argument("--prefix", help="name prefix of the new resources (default: the service name)")
+    p.add_argument("--require-secret-refs", action="store_true",
+                   help="refuse when a plaintext env value looks like a secret")
+    p.add_argument("--dry-run", action="store_true", help="print the request bodies and change nothing")
+    p.set_defaults(run=_create_jobs)
+
+    p = sub.add_parser("emulate", help="run a local emulator (labelled as one)")
+    p.add_argument("system", choices=["cloud-run"])
+    p.add_argument("--port", type=int, default=8780)
+    p.add_argument("--seed", help="JSON file of services and jobs to start with")
+    p.set_defaults(run=_emulate, json=False)
+    return parser
+
+
+def _quiet_logs_to_stderr() -> None:
+    # stdout carries the one JSON object; Prefect's console logs must not mix into it.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+
+
+def _print(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+        return
+    for key, value in result.items():
+        if isinstance(value, (list, dict)):
+            value = json.dumps(value, default=str)
+        print(f"{key}: {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "json", False):
+        _quiet_logs_to_stderr()
+    run: Callable = args.run
+    try:
+        result = run(args)
+    except BadInput as exc:
+        return _fail(args, "bad-input", str(exc), [], EXIT_BAD_INPUT)
+    except CheckFailed as exc:
+        return _fail(args, "check-failed", str(exc), exc.details, EXIT_CHECK_FAILED)
+    if result is not None:
+        _print(result, args.json)
+    return EXIT_OK
+
+
+def _fail(args, kind: str, message: str, details: list, code: int) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps({"error": kind, "message": message, "details": details}, indent=2))
+    print(f"gpuops: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Cloud Run Admin API v2 adapter: one function per remote call, REST JSON dicts in and out."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials, Credentials
+from google.cloud import run_v2
+from google.protobuf import json_format
+
+from gpuops import retry
+from gpuops.dicts import is_subset
+
+log = logging.getLogger("gpuops.cloudrun")
+
+ENDPOINT_ENV = "GPUOPS_CLOUD_RUN_API"
+CALL_TIMEOUT_S = 60.0
+
+
+class BodyError(ValueError):
+    """A request body that the Cloud Run API would reject; raised before any call."""
+
+
+@dataclass
+class CloudRun:
+    """The clients of one endpoint, and the bounds every call here keeps."""
+
+    endpoint: str | None
+    services: run_v2.ServicesClient
+    revisions: run_v2.RevisionsClient
+    jobs: run_v2.JobsClient
+    executions: run_v2.ExecutionsClient
+    lro_timeout_s: float = 600.0
+    backoff: retry.Backoff = field(default_factory=retry.Backoff.from_env)
+
+    @property
+    def is_emulator(self) -> bool:
+        return bool(self.endpoint and self.endpoint.startswith("http://"))
+
+
+def connect(endpoint: str | None = None, credentials: Credentials | None = None) -> CloudRun:
+    """Clients for `GPUOPS_CLOUD_RUN_API` (wins), else `endpoint`, else Google with ADC."""
+    endpoint = os.environ.get(ENDPOINT_ENV) or endpoint or None
+    if endpoint and endpoint.startswith("http://"):
+        credentials = AnonymousCredentials()  # a local emulator: no Google credentials
+    opts = ClientOptions(api_endpoint=endpoint) if endpoint else None
+    kw: dict[str, Any] = dict(transport="rest", client_options=opts, credentials=credentials)
+    return CloudRun(
+        endpoint=endpoint,
+        services=run_v2.ServicesClient(**kw),
+        revisions=run_v2.RevisionsClient(**kw),
+        jobs=run_v2.JobsClient(**kw),
+        executions=run_v2.ExecutionsClient(**kw),
+    )
+
+
+# --- names and conversions -------------------------------------------------------------
+
+
+def location(project: str, region: str) -> str:
+    return f"projects/{project}/locations/{region}"
+
+
+def service_name(project: str, region: str, service: str) -> str:
+    return f"{location(project, region)}/services/{service}"
+
+
+def job_name(project: str, region: str, job: str) -> str:
+    return f"{location(project, region)}/jobs/{job}"
+
+
+def short(name: str) -> str:
+    """`projects/p/locations/r/services/s` -> `s`."""
+    return name.rsplit("/", 1)[-1]
+
+
+def _split(name: str) -> tuple[str, str]:
+    parent, _, rid = name.rpartition("/")
+    return parent.rsplit("/", 1)[0], rid
+
+
+def to_dict(message: Any) -> dict:
+    """A proto-plus message as the REST JSON Google sends (camelCase, defaults left out)."""
+    return json_format.MessageToDict(type(message).pb(message))
+
+
+def from_dict(cls: Any, body: dict) -> Any:
+    """Parse a REST JSON body with the proto type, so a body Google would reject fails here."""
+    try:
+        return cls.from_json(json.dumps(body), ignore_unknown_fields=False)
+    except json_format.ParseError as exc:
+        raise BodyError(f"{cls.__name__} body is invalid: {exc}") from exc
+
+
+def normalized(cls: Any, body: dict) -> dict:
+    """The body as the server would echo it: parsed, then printed without defaults."""
+    return to_dict(from_dict(cls, body))
+
+
+def _call(cr: CloudRun, what: str, fn, read_back=None):
+    return retry.call(what, fn, backoff=cr.backoff, read_back=read_back)
+
+
+def _get_or_none(fn):
+    try:
+        return fn()
+    except gexc.NotFound:
+        return None
+
+
+# --- services and revisions ------------------------------------------------------------
+
+
+def get_service(cr: CloudRun, name: str) -> dict | None:
+    get = lambda: to_dict(cr.services.get_service(name=name, retry=None, timeout=CALL_TIMEOUT_S))
+    return _call(cr, f"get {short(name)}", lambda: _get_or_none(get))
+
+
+def get_revision(cr: CloudRun, name: str) -> dict | None:
+    get = lambda: to_dict(cr.revisions.get_revision(name=name, retry=None, timeout=CALL_TIMEOUT_S))
+    return _call(cr, f"get revision {short(name)}", lambda: _get_or_none(get))
+
+
+def list_revisions(cr: CloudRun, service: str) -> list[dict]:
+    def page():
+        pager = cr.revisions.list_revisions(parent=service, retry=None, timeout=CALL_TIMEOUT_S)
+        return [to_dict(r) for r in pager]
+
+    return _call(cr, f"list revisions of {short(service)}", page)
+
+
+def _matches(cls: Any, planned: dict, name: str, getter) -> dict | None:
+    """Read-back: the resource as it is, if it already holds everything planned."""
+    current = getter(name)
+    if current and is_subset(normalized(cls, planned), current):
+        return current
+    return None
+
+
+def create_service(cr: CloudRun, name: str, body: dict) -> dict:
+    parent, sid = _split(name)
+    msg = from_dict(run_v2.Service, body)
+
+    def send():
+        op = cr.services.create_service(
+            parent=parent, service=msg, service_id=sid, retry=None, timeout=CALL_TIMEOUT_S
+        )
+        return to_dict(op.result(timeout=cr.lro_timeout_s))
+
+    guard = lambda: _matches(run_v2.Service, body, name, lambda n: get_service(cr, n))
+    return _call(cr, f"create service {sid}", send, read_back=guard)
+
+
+def update_service(cr: CloudRun, name: str, body: dict) -> dict:
+    msg = from_dict(run_v2.Service, {**body, "name": name})
+
+    def send():
+        op = cr.services.update_service(service=msg, retry=None, timeout=CALL_TIMEOUT_S)
+        return to_dict(op.result(timeout=cr.lro_timeout_s))
+
+    # A second identical update would be harmless on Google, but a lost answer after a
+    # template change must not be sent again blindly: read back first.
+    guard = lambda: _matches(run_v2.Service, body, name, lambda n: get_service(cr, n))
+    return _call(cr, f"update service {short(name)}", send, read_back=guard)
+
+
+def delete_service(cr: CloudRun, name: str) -> bool:
+    """Delete; False when it was already gone (so a retry after a lost answer is not an error)."""
+    def send():
+        try:
+            cr.services.delete_service(name=name, retry=None, timeout=CALL_TIMEOUT_S).result(
+                timeout=cr.lro_timeout_s
+            )
+            return True
+        except gexc.NotFound:
+            return False
+
+    return _call(cr, f"delete service {short(name)}", send)
+
+
+# --- jobs and executions ---------------------------------------------------------------
+
+
+def get_job(cr: CloudRun, name: str) -> dict | None:
+    get = lambda: to_dict(cr.jobs.get_job(name=name, retry=None, timeout=CALL_TIMEOUT_S))
+    return _call(cr, f"get job {short(name)}", lambda: _get_or_none(get))
+
+
+def create_job(cr: CloudRun, name: str, body: dict) -> dict:
+    parent, jid = _split(name)
+    msg = from_dict(run_v2.Job, body)
+
+    def send():
+        op = cr.jobs.create_job(parent=parent, job=msg, job_id=jid, retry=None, timeout=CALL_TIMEOUT_S)
+        return to_dict(op.result(timeout=cr.lro_timeout_s))
+
+    guard = lambda: _matches(run_v2.Job, body, name, lambda n: get_job(cr, n))
+    return _call(cr, f"create job {jid}", send, read_back=guard)
+
+
+def update_job(cr: CloudRun, name: str, body: dict) -> dict:
+    msg = from_dict(run_v2.Job, {**body, "name": name})
+
+    def send():
+        op = cr.jobs.update_job(job=msg, retry=None, timeout=CALL_TIMEOUT_S)
+        return to_dict(op.result(timeout=cr.lro_timeout_s))
+
+    guard = lambda: _matches(run_v2.Job, body, name, lambda n: get_job(cr, n))
+    return _call(cr, f"update job {short(name)}", send, read_back=guard)
+
+
+def delete_job(cr: CloudRun, name: str) -> bool:
+    def send():
+        try:
+            cr.jobs.delete_job(name=name, retry=None, timeout=CALL_TIMEOUT_S).result(
+                timeout=cr.lro_timeout_s
+            )
+            return True
+        except gexc.NotFound:
+            return False
+
+    return _call(cr, f"delete job {short(name)}", send)
+
+
+def _latest_execution(cr: CloudRun, job: str) -> str | None:
+    current = get_job(cr, job)
+    if current is None:
+        raise gexc.NotFound(f"job {job} does not exist")
+    return (current.get("latestCreatedExecution") or {}).get("name")
+
+
+def run_job(cr: CloudRun, name: str, overrides: dict | None = None) -> dict:
+    """Start one execution and return it at once (not waiting for it to finish).
+
+    Running a job is not idempotent: a retry after a lost answer would start a second
+    execution. The guard compares the job's latest execution with the one before the call.
+    """
+    request = from_dict(run_v2.RunJobRequest, {"name": name, "overrides": overrides or {}})
+    before = _latest_execution(cr, name)
+
+    def send():
+        op = cr.jobs.run_job(request=request, retry=None, timeout=CALL_TIMEOUT_S)
+        if op.metadata:  # Google puts the new Execution in the operation's metadata
+            return to_dict(op.metadata)
+        return get_execution(cr, _latest_execution(cr, name))
+
+    def guard():
+        latest = _latest_execution(cr, name)
+        return get_execution(cr, latest) if latest and latest != before else None
+
+    return _call(cr, f"run job {short(name)}", send, read_back=guard)
+
+
+def get_execution(cr: CloudRun, name: str) -> dict | None:
+    get = lambda: to_dict(cr.executions.get_execution(name=name, retry=None, timeout=CALL_TIMEOUT_S))
+    return _call(cr, f"get execution {short(name)}", lambda: _get_or_none(get))
+
+
+def list_executions(cr: CloudRun, job: str) -> list[dict]:
+    def page():
+        pager = cr.executions.list_executions(parent=job, retry=None, timeout=CALL_TIMEOUT_S)
+        return [to_dict(e) for e in pager]
+
+    return _call(cr, f"list executions of {short(job)}", page)
+
+
+def cancel_execution(cr: CloudRun, name: str) -> dict:
+    """Cancel (idempotent on Google: cancelling a finished execution changes nothing)."""
+    def send():
+        op = cr.executions.cancel_execution(name=name, retry=None, timeout=CALL_TIMEOUT_S)
+        return to_dict(op.result(timeout=cr.lro_timeout_s))
+
+    return _call(cr, f"cancel {short(name)}", send)
+
+
+def execution_finished(execution: dict) -> bool:
+    return bool(execution.get("completionTime")) or any(
+        c.get("type") == "Completed" and c.get("state") in ("CONDITION_SUCCEEDED", "CONDITION_FAILED")
+        for c in execution.get("conditions", [])
+    )
+
+
+def wait_execution(cr: CloudRun, name: str, timeout_s: float, poll_s: float = 2.0) -> dict:
+    """Poll until the execution finishes; TimeoutError past the bound (it keeps running)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        execution = get_execution(cr, name)
+        if execution is None:
+            raise gexc.NotFound(f"execution {name} disappeared")
+        if execution_finished(execution):
+            return execution
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"execution {short(name)} still running after {timeout_s:.0f}s")
+        time.sleep(poll_s)

@@ -1,0 +1,82 @@
+"""Transient-only retries with backoff, and a read-back guard for writes that are not idempotent."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+import requests
+from google.api_core import exceptions as gexc
+
+log = logging.getLogger("gpuops.retry")
+T = TypeVar("T")
+
+# 429/500/502/503/504 and timeouts: the request may succeed if sent again. 4xx never are.
+TRANSIENT = (
+    gexc.TooManyRequests,
+    gexc.InternalServerError,
+    gexc.BadGateway,
+    gexc.ServiceUnavailable,
+    gexc.GatewayTimeout,
+    gexc.DeadlineExceeded,
+    requests.ConnectionError,
+    requests.Timeout,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter; `attempts` counts the first try."""
+
+    attempts: int = 5
+    initial_s: float = 0.5
+    maximum_s: float = 16.0
+
+    @classmethod
+    def from_env(cls) -> "Backoff":
+        # Tests and the demo shorten the wait; production keeps the defaults.
+        initial = float(os.environ.get("GPUOPS_RETRY_INITIAL_S", cls.initial_s))
+        attempts = int(os.environ.get("GPUOPS_RETRY_ATTEMPTS", cls.attempts))
+        return cls(attempts=attempts, initial_s=initial)
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.maximum_s, self.initial_s * 2**attempt))
+
+
+def call(
+    what: str,
+    fn: Callable[[], T],
+    *,
+    backoff: Backoff | None = None,
+    read_back: Callable[[], T | None] | None = None,
+) -> T:
+    """Run `fn`, retrying transient errors only.
+
+    `read_back` guards a write that is not idempotent: after a transient failure the answer
+    may have been lost while the write took effect, so before sending it again we ask the
+    server; a non-None answer is the write's result and ends the loop.
+    """
+    backoff = backoff or Backoff.from_env()
+    for attempt in range(backoff.attempts):
+        try:
+            return fn()
+        except TRANSIENT as exc:
+            if attempt == backoff.attempts - 1:
+                raise
+            wait = backoff.delay(attempt)
+            log.warning("%s: transient %s, retrying in %.2fs", what, type(exc).__name__, wait)
+            time.sleep(wait)
+            if read_back is not None:
+                # The read-back is a read: retried on its own, never skipped.
+                done = call(f"{what} (read-back)", read_back, backoff=backoff)
+                if done is not None:
+                    log.warning("%s: read-back shows the write took effect; not sending it again", what)
+                    return done
+    raise AssertionError("unreachable")

@@ -1,0 +1,121 @@
+"""What a live Cloud Run service runs, summarized from its REST JSON, with the findings a GPU move needs."""
+from __future__ import annotations
+
+import re
+
+from gpuops.dicts import dig
+
+# Names whose plaintext values are likely credentials (runbook phase 5: move to Secret Manager).
+SECRET_NAME = re.compile(r"(^|_)KEY$|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE", re.IGNORECASE)
+
+ENVIRONMENTS = {
+    "EXECUTION_ENVIRONMENT_GEN1": "gen1",
+    "EXECUTION_ENVIRONMENT_GEN2": "gen2",
+}
+
+
+def short(name: str) -> str:
+    return name.rsplit("/", 1)[-1] if name else name
+
+
+def execution_environment(template: dict) -> str:
+    return ENVIRONMENTS.get(template.get("executionEnvironment", ""), "unspecified")
+
+
+def split_env(env: list[dict]) -> tuple[list[str], list[dict], list[str]]:
+    """(all names, secret references, plaintext names that look like secrets). Never a value."""
+    names = [e["name"] for e in env]
+    secrets = [
+        {"name": e["name"], "secret": dig(e, "valueSource", "secretKeyRef", "secret"),
+         "version": dig(e, "valueSource", "secretKeyRef", "version", default="latest")}
+        for e in env if dig(e, "valueSource", "secretKeyRef")
+    ]
+    suspects = [
+        e["name"] for e in env
+        if not e.get("valueSource") and e.get("value") and SECRET_NAME.search(e["name"])
+    ]
+    return names, secrets, suspects
+
+
+def traffic(service: dict) -> list[dict]:
+    """Traffic as served (`trafficStatuses`), else as asked; LATEST resolved to its revision."""
+    targets = service.get("trafficStatuses") or service.get("traffic") or []
+    latest = short(service.get("latestReadyRevision", ""))
+    rows = []
+    for t in targets:
+        is_latest = t.get("type") == "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST"
+        rows.append({
+            "revision": latest if is_latest and not t.get("revision") else short(t.get("revision", "")),
+            "percent": int(t.get("percent", 0)),
+            "tag": t.get("tag") or None,
+            "latest": is_latest,
+        })
+    return rows
+
+
+def findings(summary: dict) -> list[dict]:
+    """What must change before (or while) this service moves onto GPUs, each with its fix."""
+    out = []
+    for name in summary["plaintext_secret_suspects"]:
+        out.append({
+            "severity": "warning", "code": "plaintext-secret", "subject": name,
+            "message": f"{name} is set as a plaintext environment variable and looks like a secret.",
+            "fix": f"store it in Secret Manager and reference it (`--set-secrets={name}=SECRET:latest`).",
+        })
+    env = summary["execution_environment"]
+    if env != "gen2":
+        out.append({
+            "severity": "error" if env == "gen1" else "warning", "code": "not-gen2", "subject": env,
+            "message": f"execution environment is {env}; Cloud Run GPUs need gen2.",
+            "fix": "the GPU jobs and service are planned with gen2; check the app runs there.",
+        })
+    if not summary["service_account"]:
+        out.append({
+            "severity": "warning", "code": "default-service-account", "subject": "serviceAccount",
+            "message": "no service account is set: the revision runs as the Compute Engine default one.",
+            "fix": "create a dedicated least-privilege service account and set it.",
+        })
+    if summary["containers"] > 1:
+        out.append({
+            "severity": "warning", "code": "sidecars", "subject": "containers",
+            "message": f"{summary['containers']} containers; the GPU plan carries the first (ingress) one only.",
+            "fix": "add the sidecars to the GPU service by hand or drop them.",
+        })
+    return out
+
+
+def summarize(service: dict, revision: dict) -> dict:
+    """The contract's `describe` object (CONTRACTS.md §3) from a Service and its ready Revision."""
+    container = (revision.get("containers") or [{}])[0]
+    limits = dig(container, "resources", "limits", default={})
+    names, secrets, suspects = split_env(container.get("env", []))
+    summary = {
+        "service": short(service["name"]),
+        "service_name": service["name"],
+        "uri": service.get("uri"),
+        "revision": short(revision["name"]),
+        "image": container.get("image"),
+        "execution_environment": execution_environment(revision),
+        "service_account": revision.get("serviceAccount", ""),
+        "cpu": limits.get("cpu"),
+        "memory": limits.get("memory"),
+        # The API: with `resources` set, CPU idles only when cpuIdle is explicitly true.
+        "cpu_always_allocated": bool(container.get("resources")) and not dig(container, "resources", "cpuIdle"),
+        "concurrency": revision.get("maxInstanceRequestConcurrency"),
+        "timeout": revision.get("timeout"),
+        "scaling": {
+            "min_instances": dig(revision, "scaling", "minInstanceCount", default=0),
+            "max_instances": dig(revision, "scaling", "maxInstanceCount"),
+        },
+        "gpu": {
+            "type": dig(revision, "nodeSelector", "accelerator"),
+            "count": limits.get("nvidia.com/gpu"),
+        },
+        "containers": len(revision.get("containers") or []),
+        "env_names": names,
+        "secret_env": secrets,
+        "plaintext_secret_suspects": suspects,
+        "traffic": traffic(service),
+    }
+    summary["findings"] = findings(summary)
+    return summary
