@@ -40,7 +40,7 @@ def _create_jobs(args) -> dict:
 
 
 def _emulate(args) -> None:
-    from gpuops.emulator.cloudrun import serve
+    from gpuops.emulator import serve
 
     print(f"gpuops local Cloud Run Admin API v2 emulator (not Google) on http://127.0.0.1:{args.port}",
           file=sys.stderr)

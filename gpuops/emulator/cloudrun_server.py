@@ -1,0 +1,173 @@
+"""Runs the Cloud Run emulator with uvicorn on 127.0.0.1, in a thread or in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+from .cloudrun import EMULATOR_LABEL, CloudRunState, Fault, LoggedRequest, SeedSource, emulated_uri
+from .cloudrun_app import build_app
+from .cloudrun_jobs import ExecutionRunner
+
+LOOPBACK = "127.0.0.1"
+
+
+class CloudRunEmulator:
+    """A stateful Cloud Run Admin API v2 (REST) on 127.0.0.1, for run_v2 clients.
+
+    `with CloudRunEmulator() as emu:` then
+    `run_v2.ServicesClient(transport="rest", client_options={"api_endpoint": emu.url},
+    credentials=AnonymousCredentials())`.
+    """
+
+    def __init__(self, port: int = 0, seed: SeedSource = None, operation_polls_before_done: int = 0,
+                 runner: ExecutionRunner | None = None, host: str = LOOPBACK):
+        if host != LOOPBACK:
+            raise ValueError("the emulator listens on 127.0.0.1 only")
+        self.host, self._wanted_port = host, port
+        self.port: int | None = None
+        # URLs are built lazily so they carry the port picked at start().
+        self.state = CloudRunState(emulated_uri(lambda: self.url), operation_polls_before_done, runner, seed)
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the emulator is not started")
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> "CloudRunEmulator":
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((self.host, self._wanted_port))
+        self.port = self._sock.getsockname()[1]
+        self.state.apply_initial_seed()
+        config = uvicorn.Config(build_app(self.state, self.info), log_level="warning",
+                                access_log=False, lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
+                                        name=f"cloudrun-emulator-{self.port}", daemon=True)
+        self._thread.start()
+        self._wait_ready(timeout)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._sock is not None:
+            self._sock.close()
+        self._server = self._thread = self._sock = None
+
+    def __enter__(self) -> "CloudRunEmulator":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._server.started and self._answers():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"the Cloud Run emulator did not start on port {self.port}")
+
+    def _answers(self) -> bool:
+        try:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=1)
+            conn.request("GET", "/emulator/v1/info")
+            ok = conn.getresponse().status == 200
+            conn.close()
+            return ok
+        except OSError:
+            return False
+
+    # ------------------------------------------------------------ test helpers
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": EMULATOR_LABEL,
+            "emulator": "cloud-run",
+            "api": "run.googleapis.com/v2 (REST)",
+            "url": self.url if self.port is not None else None,
+            "operation_polls_before_done": self.state.ops.polls_before_done,
+        }
+
+    def reset(self, reseed: bool = True) -> None:
+        self.state.reset(reseed)
+
+    def seed(self, data: SeedSource) -> dict[str, list[str]]:
+        return self.state.seed(data)
+
+    def add_fault(self, method: str = "*", path: str = ".*", status: int = 503, times: int = 1,
+                  mode: str = "before", message: str = "") -> Fault:
+        return self.state.faults.add(method=method, path=path, status=status, times=times,
+                                     mode=mode, message=message)
+
+    def clear_faults(self) -> None:
+        self.state.faults.clear_faults()
+
+    def requests(self, method: str | None = None, path: str | None = None) -> list[LoggedRequest]:
+        """Logged /v2 requests, optionally filtered by method and a path regex."""
+        return self.state.faults.requests(method, path)
+
+    def clear_requests(self) -> None:
+        self.state.faults.clear_requests()
+
+    @property
+    def operation_polls_before_done(self) -> int:
+        return self.state.ops.polls_before_done
+
+    @operation_polls_before_done.setter
+    def operation_polls_before_done(self, value: int) -> None:
+        self.state.ops.polls_before_done = int(value)
+
+    @property
+    def runner(self) -> ExecutionRunner:
+        return self.state.runner
+
+    @runner.setter
+    def runner(self, runner: ExecutionRunner | None) -> None:
+        self.state.runner = runner
+
+
+def serve(port: int = 8780, seed: SeedSource = None, operation_polls_before_done: int = 0) -> None:
+    """Run the emulator in the foreground until interrupted (for `gpuops emulate cloud-run`)."""
+    emulator = CloudRunEmulator(port=port, seed=seed, operation_polls_before_done=operation_polls_before_done)
+    emulator.start()
+    print(f"{EMULATOR_LABEL}\nlistening on {emulator.url}  (GPUOPS_CLOUD_RUN_API={emulator.url})",
+          file=sys.stderr, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emulator.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpuops emulate cloud-run", description=EMULATOR_LABEL)
+    parser.add_argument("--port", type=int, default=8780, help="port on 127.0.0.1 (0 picks a free one)")
+    parser.add_argument("--seed", help="JSON file {\"services\": [...], \"jobs\": [...]} to load at start")
+    parser.add_argument("--operation-polls-before-done", type=int, default=0,
+                        help="polls an operation answers 'not done' before it completes")
+    args = parser.parse_args(argv)
+    serve(args.port, args.seed, args.operation_polls_before_done)
+    return 0
+
+
+__all__ = ["CloudRunEmulator", "serve", "main"]
