@@ -47,8 +47,36 @@ def cloudrun_clients(cloudrun_emulator):
     )
 
 
+import json
 import os
 
 # Retries back off in milliseconds here; production keeps its defaults.
 os.environ.setdefault("GPUOPS_RETRY_INITIAL_S", "0.01")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real Prefect server (subprocess, SQLite, 127.0.0.1) for the session; yields its API URL.
+
+    prefect_test_harness also points this process's settings (PREFECT_API_URL) at it.
+    """
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    # Startup takes ~20 s on a 2-core machine: allow more than the default 30 s under load.
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def seeded_cloud_run(fresh_cloudrun_emulator, monkeypatch, tmp_path):
+    """The emulator holding the runbook's service, with gpuops pointed at it and a fresh state dir."""
+    from importlib import resources
+
+    seed = resources.files("gpuops.data").joinpath("demo_seed.json").read_text()
+    fresh_cloudrun_emulator.seed(json.loads(seed))
+    fresh_cloudrun_emulator.clear_requests()
+    monkeypatch.setenv("GPUOPS_CLOUD_RUN_API", fresh_cloudrun_emulator.url)
+    monkeypatch.setenv("GPUOPS_STATE_DIR", str(tmp_path / "state"))
+    return fresh_cloudrun_emulator
