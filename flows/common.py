@@ -10,6 +10,11 @@ from gpuops.errors import BadInput
 
 _ID = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _PROJECT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
+_WHAT = {
+    "project": "Google Cloud project ID (6-30 lowercase letters, digits, hyphens)",
+    "region": "region name",
+    "service": "Cloud Run service name (lowercase letters, digits, hyphens)",
+}
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ def resolve_target(project: str | None, region: str | None, service: str | None,
         if not value:
             raise BadInput(f"{field} is required: pass --{field} (e.g. {example}) or a CloudRunTarget block.")
         if not pattern.match(value):
-            raise BadInput(f"{field} {value!r} is not a valid Cloud Run {field} name (e.g. {example}).")
+            raise BadInput(f"{field} {value!r} is not a valid {_WHAT[field]} (e.g. --{field} {example}).")
     credentials = block.google_credentials() if block else None
     return Target(project, region, service, block.endpoint if block else None), credentials
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -12,6 +13,10 @@ from gpuops.errors import BadInput, CheckFailed
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
+# Modules that add their own subcommands: each has `register(subparsers)`, and its commands
+# set `run(args)` returning a result dict, or (result dict, exit code). Keep them light to import.
+COMMAND_MODULES = ("gpuops.gpu_cli", "gpuops.sample_app")
+
 
 def _service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", required=True, help="Google Cloud project ID")
@@ -20,9 +25,17 @@ def _service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
 
 
+def _check_target(args) -> None:
+    # Bad names fail here, before a flow run starts, with one clear line and no traceback.
+    from flows.common import resolve_target
+
+    resolve_target(args.project, args.region, args.service)
+
+
 def _describe(args) -> dict:
     from flows.describe_revision import describe_revision
 
+    _check_target(args)
     return describe_revision(args.project, args.region, args.service)
 
 
@@ -30,6 +43,7 @@ def _create_jobs(args) -> dict:
     from blocks.cloud_run import GpuProfile
     from flows.create_jobs import create_jobs
 
+    _check_target(args)
     profile = GpuProfile(**{k: v for k, v in {
         "gpu_type": args.gpu_type, "cpu": args.cpu, "memory": args.memory,
         "max_instances": args.max_instances, "gpu_zonal_redundancy": args.gpu_zonal_redundancy,
@@ -74,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8780)
     p.add_argument("--seed", help="JSON file of services and jobs to start with")
     p.set_defaults(run=_emulate, json=False)
+
+    for module in COMMAND_MODULES:
+        try:
+            register = importlib.import_module(module).register
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue  # not written yet
+        register(sub)
     return parser
 
 
@@ -104,9 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, "bad-input", str(exc), [], EXIT_BAD_INPUT)
     except CheckFailed as exc:
         return _fail(args, "check-failed", str(exc), exc.details, EXIT_CHECK_FAILED)
+    code = EXIT_OK
+    if isinstance(result, tuple):
+        result, code = result
     if result is not None:
-        _print(result, args.json)
-    return EXIT_OK
+        _print(result, getattr(args, "json", False))
+    return code
 
 
 def _fail(args, kind: str, message: str, details: list, code: int) -> int:
