@@ -56,9 +56,7 @@ def _create_jobs(args) -> dict:
 def _emulate(args) -> None:
     from gpuops.emulator import serve
 
-    print(f"gpuops local Cloud Run Admin API v2 emulator (not Google) on http://127.0.0.1:{args.port}",
-          file=sys.stderr)
-    serve(args.port, args.seed)
+    serve(args.port, args.seed, run_workloads=args.run_workloads, extra_path=args.extra_path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("system", choices=["cloud-run"])
     p.add_argument("--port", type=int, default=8780)
     p.add_argument("--seed", help="JSON file of services and jobs to start with")
+    p.add_argument("--run-workloads", action="store_true",
+                   help="run job tasks and serving revisions as local processes (their command + args)")
+    p.add_argument("--extra-path", action="append", default=[],
+                   help="directory put first on every workload's PATH, e.g. one holding a fake nvidia-smi")
     p.set_defaults(run=_emulate, json=False)
 
     for module in COMMAND_MODULES:

@@ -26,6 +26,36 @@ def fresh_cloudrun_emulator(cloudrun_emulator):
     cloudrun_emulator.reset()
 
 
+FAKE_NVIDIA_SMI = """#!/bin/sh
+echo "fake nvidia-smi (gpuops test): NVIDIA L4, 23034 MiB"
+"""
+
+
+@pytest.fixture(scope="session")
+def workload_emulator(tmp_path_factory):
+    """A second session emulator that runs workloads as local processes; a fake nvidia-smi is on PATH."""
+    from gpuops.emulator import CloudRunEmulator
+
+    bin_dir = tmp_path_factory.mktemp("fake-bin")
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(FAKE_NVIDIA_SMI)
+    smi.chmod(0o755)
+    emulator = CloudRunEmulator(run_workloads=True, extra_path=[str(bin_dir)],
+                                extra_env={"GPUOPS_EMULATED": "1"}, startup_timeout_s=15)
+    with emulator:
+        yield emulator
+
+
+@pytest.fixture
+def fresh_workload_emulator(workload_emulator):
+    """The workload emulator emptied (and every process stopped) before and after the test."""
+    workload_emulator.reset()
+    workload_emulator.runner = None
+    yield workload_emulator
+    workload_emulator.runner = None
+    workload_emulator.reset()
+
+
 @pytest.fixture(scope="session")
 def cloudrun_clients(cloudrun_emulator):
     """The real google-cloud-run v2 clients, over REST, pointed at the emulator."""

@@ -4,6 +4,7 @@ from .cloudrun import EMULATOR_LABEL, CloudRunState, Fault, LoggedRequest
 from .cloudrun_common import ApiError
 from .cloudrun_jobs import ExecutionRunner, InstantSuccessRunner
 from .cloudrun_server import CloudRunEmulator, main, serve
+from .workloads import ProcessRunner
 
 __all__ = [
     "EMULATOR_LABEL",
@@ -14,6 +15,7 @@ __all__ = [
     "Fault",
     "InstantSuccessRunner",
     "LoggedRequest",
+    "ProcessRunner",
     "main",
     "serve",
 ]

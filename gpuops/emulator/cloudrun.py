@@ -16,6 +16,8 @@ from .cloudrun_common import HTTP_STATUS_NAMES, ApiError, Name, invalid, parse_b
 from .cloudrun_jobs import ExecutionRunner, InstantSuccessRunner, JobStore
 from .cloudrun_ops import OperationStore
 from .cloudrun_services import Context, ServiceStore, UriFn
+from .serving import RevisionProcesses
+from .workloads import ProcessRunner, ProcessTable, WorkloadEnv
 
 EMULATOR_LABEL = "gpuops local Cloud Run Admin API v2 emulator \u2014 not Google"
 FAULT_MODES = ("before", "after")
@@ -115,19 +117,40 @@ class FaultBook:
             self.log.clear()
 
 
+@dataclass
+class WorkloadOptions:
+    """run_workloads=True: job tasks and serving revisions run their command locally."""
+
+    run_workloads: bool = False
+    extra_path: list[str] = field(default_factory=list)  # prepended to every workload's PATH
+    extra_env: dict[str, str] = field(default_factory=dict)  # under the container's own env
+    startup_timeout_s: float = 30.0  # a revision not listening on $PORT by then is Ready=FAILED
+
+
 class CloudRunState:
     """Everything the emulator holds, behind one re-entrant lock (handlers run in a thread pool)."""
 
     def __init__(self, uri_for: UriFn, operation_polls_before_done: int = 0,
-                 runner: ExecutionRunner | None = None, seed: SeedSource = None):
+                 runner: ExecutionRunner | None = None, seed: SeedSource = None,
+                 workloads: WorkloadOptions | None = None):
         self.lock = threading.RLock()
         self.ctx = Context(lock=self.lock, uri_for=uri_for)
         self.services = ServiceStore(self.ctx)
-        self.jobs = JobStore(self.ctx, runner)
         self.ops = OperationStore(self.lock, operation_polls_before_done)
         self.faults = FaultBook()
+        self.processes = ProcessTable()
+        self.workload_options = options = workloads or WorkloadOptions()
+        env = WorkloadEnv(list(options.extra_path), dict(options.extra_env))
+        # Without run_workloads nothing is ever started: revisions stay records, jobs succeed at once.
+        self.process_runner = ProcessRunner(env, self.processes) if options.run_workloads else None
+        self.serving = RevisionProcesses(env, self.processes, self.services.mark_revision,
+                                         options.startup_timeout_s) if options.run_workloads else None
+        self.jobs = JobStore(self.ctx, runner or self.default_runner())
         self._initial_polls = operation_polls_before_done
         self._initial_seed = load_seed(seed)
+
+    def default_runner(self) -> ExecutionRunner:
+        return self.process_runner or InstantSuccessRunner()
 
     @property
     def runner(self) -> ExecutionRunner:
@@ -135,7 +158,7 @@ class CloudRunState:
 
     @runner.setter
     def runner(self, runner: ExecutionRunner | None) -> None:
-        self.jobs.runner = runner or InstantSuccessRunner()
+        self.jobs.runner = runner or self.default_runner()
 
     def reset(self, reseed: bool = True) -> None:
         """Forget every resource, operation, fault and logged request; then re-apply the seed."""
@@ -144,10 +167,37 @@ class CloudRunState:
             self.jobs.reset()
             self.ops.reset()
             self.ops.polls_before_done = self._initial_polls
+        self.stop_workloads()
         self.faults.clear_faults()
         self.faults.clear_requests()
         if reseed:
             self.apply_initial_seed()
+
+    # ------------------------------------------------------------ local workloads
+
+    def sync_services(self, service: str | None = None, wait_s: float = 0.0) -> None:
+        """Start processes of revisions that now serve, stop the others; optionally wait for one service."""
+        if self.serving is None:
+            return
+        self.serving.reconcile(self.services.serving_revisions)
+        if service is not None and wait_s > 0:
+            self.serving.wait_settled(service, wait_s)
+
+    def stop_workloads(self) -> None:
+        """Stop every local process (revisions and job tasks) and forget their logs."""
+        if self.serving is not None:
+            self.serving.stop_all()
+        if self.process_runner is not None:
+            self.process_runner.reset()
+        self.processes.forget_finished()
+
+    def logs(self, name: str) -> str | None:
+        """Output of an execution (its tasks in order) or of a revision's process; None if none."""
+        for source in (self.process_runner, self.serving):
+            text = source.logs(name) if source is not None else None
+            if text is not None:
+                return text
+        return None
 
     def apply_initial_seed(self) -> None:
         if self._initial_seed:
@@ -169,6 +219,8 @@ class CloudRunState:
                 made["services"].append(self._seed_one(entry, run_v2.Service, self.services))
             for entry in doc.get("jobs", []):
                 made["jobs"].append(self._seed_one(entry, run_v2.Job, self.jobs))
+        for service in made["services"]:
+            self.sync_services(service, self.workload_options.startup_timeout_s)
         return made
 
     @staticmethod

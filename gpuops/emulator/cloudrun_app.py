@@ -11,21 +11,34 @@ from typing import Any, Callable
 from google.cloud import run_v2
 from google.longrunning import operations_pb2
 from google.protobuf.message import Message
+from google.rpc import status_pb2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from .cloudrun import EMULATOR_LABEL, CloudRunState, LoggedRequest
-from .cloudrun_common import LOCATION_PREFIX, ApiError, invalid, parse_body, parse_query, to_json_dict
-from .cloudrun_ops import frozen
+from .cloudrun_common import (
+    LOCATION_PREFIX,
+    RPC_CODES,
+    ApiError,
+    invalid,
+    parse_body,
+    parse_query,
+    to_json_dict,
+)
+from .cloudrun_ops import Probe, frozen
+from .router import Router, proxy
 
 log = logging.getLogger(__name__)
 
 HEADER = {"X-Gpuops-Emulator": "cloud-run"}
 ALL_METHODS = ["GET", "POST", "PATCH", "PUT", "DELETE"]
 ID = r"[^/:]+"
+# A create/update waits this long for new revision processes: under run_v2's 15 s call timeout.
+# A slower start leaves the operation pending until the revision is ready or failed.
+SYNC_WAIT_S = 10.0
 
 
 @dataclass
@@ -58,7 +71,7 @@ def create_service(state: CloudRunState, call: Call) -> Message:
     req = parse_query(call.query, run_v2.CreateServiceRequest)
     body = parse_body(call.body, run_v2.Service)
     svc = state.services.create(call.parent, req.service_id, body, req.validate_only)
-    return state.ops.start(call.location, frozen(svc))
+    return _service_operation(state, call, svc, req.validate_only)
 
 
 def list_services(state: CloudRunState, call: Call) -> Message:
@@ -78,12 +91,13 @@ def update_service(state: CloudRunState, call: Call) -> Message:
     body.name = call.name  # the path names the service, whatever the body says
     mask = req.update_mask if req.HasField("update_mask") else None
     svc = state.services.update(body, mask, req.allow_missing, req.validate_only)
-    return state.ops.start(call.location, frozen(svc))
+    return _service_operation(state, call, svc, req.validate_only)
 
 
 def delete_service(state: CloudRunState, call: Call) -> Message:
     req = parse_query(call.query, run_v2.DeleteServiceRequest)
     svc = state.services.delete(call.name, req.etag, req.validate_only)
+    state.sync_services()  # stops the service's processes
     return state.ops.start(call.location, frozen(svc))
 
 
@@ -101,7 +115,35 @@ def get_revision(state: CloudRunState, call: Call) -> Message:
 def delete_revision(state: CloudRunState, call: Call) -> Message:
     req = parse_query(call.query, run_v2.DeleteRevisionRequest)
     rev = state.services.delete_revision(call.name, req.etag, req.validate_only)
+    state.sync_services()
     return state.ops.start(call.location, frozen(rev))
+
+
+def _service_operation(state: CloudRunState, call: Call, svc: Message, validate_only: bool) -> Message:
+    """With local workloads, the operation ends when the serving revisions are up (or failed)."""
+    if state.serving is None or validate_only:
+        return state.ops.start(call.location, frozen(svc))
+    state.sync_services(svc.name, min(SYNC_WAIT_S, state.workload_options.startup_timeout_s))
+    return state.ops.start(call.location, _service_probe(state, svc))
+
+
+def _service_probe(state: CloudRunState, snapshot: Message) -> Probe:
+    def probe():
+        try:
+            svc = state.services.get(snapshot.name)
+        except ApiError:
+            return snapshot, True, None  # deleted meanwhile: nothing left to wait for
+        if not state.serving.settled(svc.name):
+            return svc, False, None
+        failure = state.serving.failure(svc.latest_created_revision)
+        error = None
+        if failure:
+            short = svc.latest_created_revision.rsplit("/", 1)[-1]
+            message = f"Revision '{short}' is not ready and cannot serve traffic. {failure}"
+            error = status_pb2.Status(code=RPC_CODES["FAILED_PRECONDITION"], message=message)
+        return svc, True, error
+
+    return probe
 
 
 # ---------------------------------------------------------------- jobs, executions, tasks
@@ -304,6 +346,8 @@ def _control(state: CloudRunState, method: str, path: str, data: Any, info: dict
     if key == ("POST", "/reset"):
         state.reset(reseed=bool(data.get("reseed", True)))
         return {"reset": True}
+    if key == ("GET", "/processes"):
+        return {"processes": state.processes.snapshot()}
     if key in (("GET", "/config"), ("POST", "/config")):
         return _config(state, data if method == "POST" else {})
     raise ApiError(404, f"No emulator control route {method} {path}", "NOT_FOUND")
@@ -335,7 +379,25 @@ def build_app(state: CloudRunState, info: Callable[[], dict]) -> Starlette:
             status, payload = 500, ApiError(500, f"emulator error: {exc!r}", "INTERNAL").body()
         return JSONResponse(payload, status_code=status, headers=HEADER)
 
-    return Starlette(routes=[Route("/{path:path}", endpoint, methods=ALL_METHODS)])
+    async def logs(request: Request) -> PlainTextResponse:
+        # Cloud Logging's stand-in: the plain output of an execution or a revision's process.
+        name = request.path_params["name"]
+        text = await run_in_threadpool(state.logs, name)
+        if text is None:
+            message = f"no local workload output for '{name}'\n"
+            return PlainTextResponse(message, status_code=404, headers=HEADER)
+        return PlainTextResponse(text, headers=HEADER)
+
+    router = Router(state)
+
+    async def emulated(request: Request):
+        return await proxy(router, request)
+
+    return Starlette(routes=[
+        Route("/emulator/v1/logs/{name:path}", logs, methods=["GET"]),
+        Route("/emulated/{path:path}", emulated, methods=ALL_METHODS + ["HEAD", "OPTIONS"]),
+        Route("/{path:path}", endpoint, methods=ALL_METHODS),
+    ])
 
 
 def _route(state: CloudRunState, method: str, path: str, query: list, body: str, info) -> tuple[int, dict]:

@@ -12,7 +12,15 @@ from typing import Any
 
 import uvicorn
 
-from .cloudrun import EMULATOR_LABEL, CloudRunState, Fault, LoggedRequest, SeedSource, emulated_uri
+from .cloudrun import (
+    EMULATOR_LABEL,
+    CloudRunState,
+    Fault,
+    LoggedRequest,
+    SeedSource,
+    WorkloadOptions,
+    emulated_uri,
+)
 from .cloudrun_app import build_app
 from .cloudrun_jobs import ExecutionRunner
 
@@ -25,16 +33,24 @@ class CloudRunEmulator:
     `with CloudRunEmulator() as emu:` then
     `run_v2.ServicesClient(transport="rest", client_options={"api_endpoint": emu.url},
     credentials=AnonymousCredentials())`.
+
+    With run_workloads=True, job tasks and serving revisions run their container's command + args
+    as local processes (images are never pulled), and {url}/emulated/... routes to the revisions.
     """
 
     def __init__(self, port: int = 0, seed: SeedSource = None, operation_polls_before_done: int = 0,
-                 runner: ExecutionRunner | None = None, host: str = LOOPBACK):
+                 runner: ExecutionRunner | None = None, host: str = LOOPBACK, run_workloads: bool = False,
+                 extra_path: list[str] | None = None, extra_env: dict[str, str] | None = None,
+                 startup_timeout_s: float = 30.0):
         if host != LOOPBACK:
             raise ValueError("the emulator listens on 127.0.0.1 only")
         self.host, self._wanted_port = host, port
         self.port: int | None = None
+        workloads = WorkloadOptions(run_workloads, list(extra_path or []), dict(extra_env or {}),
+                                    startup_timeout_s)
         # URLs are built lazily so they carry the port picked at start().
-        self.state = CloudRunState(emulated_uri(lambda: self.url), operation_polls_before_done, runner, seed)
+        self.state = CloudRunState(emulated_uri(lambda: self.url), operation_polls_before_done, runner, seed,
+                                   workloads)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -48,7 +64,9 @@ class CloudRunEmulator:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> "CloudRunEmulator":
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only then (else ~40 ms
+        # per keep-alive request, Nagle against delayed ACK).
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((self.host, self._wanted_port))
         self.port = self._sock.getsockname()[1]
@@ -63,6 +81,7 @@ class CloudRunEmulator:
         return self
 
     def stop(self) -> None:
+        self.state.stop_workloads()
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
@@ -105,6 +124,7 @@ class CloudRunEmulator:
             "api": "run.googleapis.com/v2 (REST)",
             "url": self.url if self.port is not None else None,
             "operation_polls_before_done": self.state.ops.polls_before_done,
+            "run_workloads": self.state.workload_options.run_workloads,
         }
 
     def reset(self, reseed: bool = True) -> None:
@@ -128,6 +148,17 @@ class CloudRunEmulator:
     def clear_requests(self) -> None:
         self.state.faults.clear_requests()
 
+    def logs(self, name: str) -> str:
+        """Output of an execution (tasks in index order) or a revision's process: Cloud Logging's stand-in."""
+        text = self.state.logs(name)
+        if text is None:
+            raise KeyError(f"no local workload output for '{name}' (is run_workloads on?)")
+        return text
+
+    def processes(self, running_only: bool = False) -> list[dict[str, Any]]:
+        """The emulator's process table: every workload process it started (and has not forgotten)."""
+        return self.state.processes.running() if running_only else self.state.processes.snapshot()
+
     @property
     def operation_polls_before_done(self) -> int:
         return self.state.ops.polls_before_done
@@ -145,9 +176,11 @@ class CloudRunEmulator:
         self.state.runner = runner
 
 
-def serve(port: int = 8780, seed: SeedSource = None, operation_polls_before_done: int = 0) -> None:
+def serve(port: int = 8780, seed: SeedSource = None, operation_polls_before_done: int = 0,
+          run_workloads: bool = False, extra_path: list[str] | None = None) -> None:
     """Run the emulator in the foreground until interrupted (for `gpuops emulate cloud-run`)."""
-    emulator = CloudRunEmulator(port=port, seed=seed, operation_polls_before_done=operation_polls_before_done)
+    emulator = CloudRunEmulator(port=port, seed=seed, operation_polls_before_done=operation_polls_before_done,
+                                run_workloads=run_workloads, extra_path=extra_path)
     emulator.start()
     print(f"{EMULATOR_LABEL}\nlistening on {emulator.url}  (GPUOPS_CLOUD_RUN_API={emulator.url})",
           file=sys.stderr, flush=True)
@@ -165,8 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", help="JSON file {\"services\": [...], \"jobs\": [...]} to load at start")
     parser.add_argument("--operation-polls-before-done", type=int, default=0,
                         help="polls an operation answers 'not done' before it completes")
+    parser.add_argument("--run-workloads", action="store_true",
+                        help="run job tasks and serving revisions as local processes (their command + args)")
+    parser.add_argument("--extra-path", action="append", default=[],
+                        help="directory prepended to every workload's PATH (repeatable)")
     args = parser.parse_args(argv)
-    serve(args.port, args.seed, args.operation_polls_before_done)
+    serve(args.port, args.seed, args.operation_polls_before_done, args.run_workloads, args.extra_path)
     return 0
 
 

@@ -11,7 +11,9 @@ from google.protobuf import field_mask_pb2
 from google.protobuf.message import Message
 
 from .cloudrun_common import (
+    RECONCILING,
     SERVICE_ID_RE,
+    SUCCEEDED,
     TAG_RE,
     Name,
     aborted_etag,
@@ -210,10 +212,21 @@ class ServiceStore:
         svc.traffic_statuses.extend(statuses)
         svc.uri = self.ctx.uri_for(Name.parse(svc.name), None)
         svc.urls.append(svc.uri)
-        svc.terminal_condition.CopyFrom(condition("Ready"))
+        svc.terminal_condition.CopyFrom(self._service_ready(latest))
         svc.conditions.extend([condition("RoutesReady"), condition("ConfigurationsReady")])
-        svc.reconciling = False
+        svc.reconciling = svc.terminal_condition.state == RECONCILING
         svc.etag = make_etag(svc.uid, svc.generation)
+
+    def _service_ready(self, latest: str) -> Message:
+        """The service is as ready as its latest revision (which a local process may be starting)."""
+        rev = self.revisions.get(latest)
+        ready = next((c for c in rev.conditions if c.type_ == "Ready"), None) if rev is not None else None
+        if ready is None or ready.state == SUCCEEDED:
+            return condition("Ready")
+        message = ready.message and (
+            f"Revision '{Name.parse(latest).id}' is not ready and cannot serve traffic. {ready.message}"
+        )
+        return condition("Ready", ready.state, message)
 
     # ------------------------------------------------------------ revisions
 
@@ -299,6 +312,34 @@ class ServiceStore:
             rev.delete_time.CopyFrom(now())
             return rev
 
+    def mark_revision(self, name: str, state: int, message: str = "") -> None:
+        """Readiness of a revision's local process: its Ready condition, and its service's if latest."""
+        with self.ctx.lock:
+            rev = self.revisions.get(name)
+            if rev is None:
+                return
+            rev.reconciling = state == RECONCILING
+            for kind in ("Ready", "ContainerHealthy"):
+                _replace_condition(rev, condition(kind, state, message))
+            svc = self.services.get(Name.parse(name).parent)
+            if svc is not None and svc.latest_created_revision == name:
+                svc.terminal_condition.CopyFrom(self._service_ready(name))
+                svc.reconciling = rev.reconciling
+
+    def serving_revisions(self) -> dict[str, tuple[Message, str]]:
+        """Revisions that take traffic or carry a tag: revision full name -> (revision, service name)."""
+        with self.ctx.lock:
+            serving = {}
+            for svc in self.services.values():
+                for target in svc.traffic_statuses:
+                    if target.percent <= 0 and not target.tag:
+                        continue
+                    short = target.revision or Name.parse(svc.latest_ready_revision).id
+                    full = f"{svc.name}/revisions/{short}"
+                    if full in self.revisions:
+                        serving[full] = (clone(self.revisions[full]), svc.name)
+            return serving
+
     @staticmethod
     def _serves(svc: Message, revision_name: str) -> bool:
         short = Name.parse(revision_name).id
@@ -353,3 +394,11 @@ class ServiceStore:
             full = f"{svc.name}/revisions/{target.revision}"
             if full not in self.revisions and (new_rev is None or new_rev.name != full):
                 raise invalid(f"{where}: revision '{target.revision}' does not exist in service '{svc.name}'")
+
+
+def _replace_condition(resource: Message, cond: Message) -> None:
+    for existing in resource.conditions:
+        if existing.type_ == cond.type_:
+            existing.CopyFrom(cond)
+            return
+    resource.conditions.append(cond)
