@@ -60,3 +60,17 @@ def where(cr: cloudrun.CloudRun) -> str:
     if cr.is_emulator:
         return f"gpuops Cloud Run emulator at {cr.endpoint} (not Google)"
     return cr.endpoint or "Google Cloud Run Admin API (run.googleapis.com)"
+
+
+def notify(block_name: str | None, subject: str, body: str) -> None:
+    """Tell people: always in the flow log, and through a Prefect notification block when named.
+
+    A canary that rolls back silently is a known failure of such tools (Flagger #1816): every
+    rollback and every hold goes through here.
+    """
+    from prefect import get_run_logger
+    from prefect.blocks.core import Block
+
+    get_run_logger().warning("%s: %s", subject, body)
+    if block_name:
+        Block.load(block_name).notify(body=body, subject=subject)

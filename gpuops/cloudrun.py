@@ -170,6 +170,32 @@ def update_service(cr: CloudRun, name: str, body: dict) -> dict:
     return _call(cr, f"update service {short(name)}", send, read_back=guard)
 
 
+# UpdateService replaces the whole service: send back what the caller may set, nothing the
+# server owns. The etag stays out: after a lost answer the retry would carry a stale one.
+WRITABLE = ("description", "labels", "annotations", "client", "clientVersion", "ingress", "launchStage",
+            "binaryAuthorization", "template", "traffic", "scaling", "invokerIamDisabled",
+            "defaultUriDisabled", "customAudiences")
+
+
+def service_spec(service: dict) -> dict:
+    return {k: v for k, v in service.items() if k in WRITABLE}
+
+
+def update_traffic(cr: CloudRun, name: str, traffic: list[dict], annotations: dict | None = None,
+                   template: dict | None = None) -> dict:
+    """Set the traffic split (and annotations, a template) in one write, keeping the rest as it is."""
+    current = get_service(cr, name)
+    if current is None:
+        raise gexc.NotFound(f"service {name} does not exist")
+    spec = service_spec(current)
+    spec["traffic"] = traffic
+    if annotations:
+        spec["annotations"] = {**spec.get("annotations", {}), **annotations}
+    if template is not None:
+        spec["template"] = template
+    return update_service(cr, name, spec)
+
+
 def delete_service(cr: CloudRun, name: str) -> bool:
     """Delete; False when it was already gone (so a retry after a lost answer is not an error)."""
     def send():

@@ -66,25 +66,37 @@ def _job(role, src, limits, profile, service, revision, gpu) -> dict:
     return body
 
 
-def _gpu_service(src, profile, service, revision) -> dict:
-    container = _job_container(src["container"], {})
-    for key in ("ports", "startupProbe", "livenessProbe"):
-        if src["container"].get(key):
-            container[key] = copy.deepcopy(src["container"][key])
+def gpu_template(template: dict, profile: dict, revision_name: str | None = None) -> dict:
+    """A service revision template moved onto the GPU: size, accelerator, no CPU throttling, gen2."""
+    out = copy.deepcopy(template)
+    container = out["containers"][0]
     # GPU instances need CPU always allocated: cpuIdle false, set explicitly.
     container["resources"] = {"limits": _gpu_limits(profile), "cpuIdle": False, "startupCpuBoost": True}
-    template = {
-        "containers": [container],
+    out.update({
         "scaling": {"minInstanceCount": profile["min_instances"], "maxInstanceCount": profile["max_instances"]},
         "maxInstanceRequestConcurrency": profile["concurrency"],
         "timeout": f"{profile['timeout_seconds']}s",
         "executionEnvironment": GEN2,
         **_gpu_placement(profile),
-    }
+    })
+    if revision_name:
+        out["revision"] = revision_name
+    else:
+        out.pop("revision", None)
+    return out
+
+
+def _gpu_service(src, profile, service, revision) -> dict:
+    container = _job_container(src["container"], {})
+    for key in ("ports", "startupProbe", "livenessProbe"):
+        if src["container"].get(key):
+            container[key] = copy.deepcopy(src["container"][key])
+    template = {"containers": [container]}
     if src["service_account"]:
         template["serviceAccount"] = src["service_account"]
     return {"labels": _labels("gpu_service", service),
-            "annotations": {"gpuops.dev/source-revision": revision}, "template": template}
+            "annotations": {"gpuops.dev/source-revision": revision},
+            "template": gpu_template(template, profile)}
 
 
 def plan(source_revision: dict, service: str, profile: dict, prefix: str | None = None) -> dict:

@@ -1,0 +1,57 @@
+"""A canary metrics source that works anywhere: probe requests the flow itself sends to a tag URL."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+
+from gpuops.traffic import Gates, Window
+
+
+class MetricsSource(Protocol):
+    """Where a canary window's figures come from (probe traffic here; Cloud Monitoring on Google)."""
+
+    def observe(self, url: str, window_s: float, gates: Gates) -> Window: ...
+
+
+@dataclass
+class ProbeTraffic:
+    """Send `requests` requests spread over the window; a 5xx, a timeout or a refused connection is an error."""
+
+    requests: int = 30
+    path: str = "/generate"
+    method: str = "POST"
+    body: dict | None = field(default_factory=lambda: {"prompt": "canary probe", "steps": 200})
+    timeout_s: float = 30.0
+
+    def observe(self, url: str, window_s: float, gates: Gates) -> Window:
+        latencies, errors, sent = [], 0, 0
+        interval = window_s / self.requests if self.requests else 0
+        # Past this many errors the window can only fail: stop and say so at once.
+        doomed_at = int(gates.max_error_rate * self.requests) + 1
+        started = time.monotonic()
+        with httpx.Client(timeout=self.timeout_s) as client:
+            for i in range(self.requests):
+                ok, ms = self._one(client, url)
+                sent += 1
+                latencies.append(ms)
+                errors += 0 if ok else 1
+                if errors >= doomed_at:
+                    break
+                wait = started + (i + 1) * interval - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+        return Window(requests=sent, errors=errors, latencies_ms=tuple(latencies),
+                      source=f"{sent} probe requests {self.method} {url}{self.path}")
+
+    def _one(self, client: httpx.Client, url: str) -> tuple[bool, float]:
+        start = time.perf_counter()
+        try:
+            response = client.request(self.method, url.rstrip("/") + self.path,
+                                      json=self.body if self.method != "GET" else None)
+            ok = response.status_code < 500
+        except httpx.HTTPError:
+            ok = False
+        return ok, (time.perf_counter() - start) * 1000

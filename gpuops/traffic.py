@@ -1,0 +1,177 @@
+"""The canary as an explicit state machine: traffic splits, gate verdicts, and the state kept on the service."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+STATE_ANNOTATION = "gpuops.dev/canary"
+STABLE_TAG = "stable"
+CANARY_TAG = "gpu-canary"
+REVISION_TYPE = "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION"
+
+# Phases. A run that stops in a live phase can be resumed or rolled back from the service alone.
+DEPLOYED, PROGRESSING, HOLDING, AWAITING_APPROVAL = "deployed", "progressing", "holding", "awaiting-approval"
+PROMOTED, ROLLED_BACK = "promoted", "rolled-back"
+LIVE_PHASES = (DEPLOYED, PROGRESSING, HOLDING, AWAITING_APPROVAL)
+
+
+@dataclass(frozen=True)
+class CanaryState:
+    """What a crashed run needs to resume or roll back; stored as JSON in a service annotation."""
+
+    stable: str
+    candidate: str
+    steps: tuple[int, ...]
+    step: int = -1  # index into steps of the split now set; -1: candidate deployed with 0%
+    phase: str = DEPLOYED
+    holds: int = 0
+    failed_checks: tuple[str, ...] = ()
+    updated: str = ""
+    flow_run_id: str = ""
+
+    @property
+    def percent(self) -> int:
+        return self.steps[self.step] if self.step >= 0 else 0
+
+    @property
+    def live(self) -> bool:
+        return self.phase in LIVE_PHASES
+
+    def to_annotation(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_service(cls, service: dict) -> "CanaryState | None":
+        raw = (service.get("annotations") or {}).get(STATE_ANNOTATION)
+        if not raw:
+            return None
+        data = json.loads(raw)
+        data["steps"] = tuple(data["steps"])
+        data["failed_checks"] = tuple(data.get("failed_checks", ()))
+        return cls(**data)
+
+
+def parse_steps(text: str | list[int]) -> tuple[int, ...]:
+    """'20,80,100' -> (20, 80, 100): rising percentages that end at 100."""
+    try:
+        steps = tuple(int(s) for s in (text.split(",") if isinstance(text, str) else text))
+    except ValueError:
+        raise ValueError(f"steps {text!r} must be whole percentages like 20,80,100") from None
+    if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
+        raise ValueError(f"steps {text!r} must rise strictly from above 0 and end at 100 (e.g. 20,80,100)")
+    return steps
+
+
+def split(stable: str, candidate: str, candidate_percent: int) -> list[dict]:
+    """Traffic targets: both revisions pinned by name and tagged, so each stays reachable at its tag URL."""
+    return [
+        {"type": REVISION_TYPE, "revision": stable, "percent": 100 - candidate_percent, "tag": STABLE_TAG},
+        {"type": REVISION_TYPE, "revision": candidate, "percent": candidate_percent, "tag": CANARY_TAG},
+    ]
+
+
+def all_to(revision: str, others: list[dict]) -> list[dict]:
+    """100% to `revision`, keeping other tagged revisions reachable at 0%."""
+    keep = [{**t, "percent": 0} for t in others if t.get("tag") and t.get("revision") != revision]
+    tag = next((t["tag"] for t in others if t.get("revision") == revision and t.get("tag")), STABLE_TAG)
+    return [{"type": REVISION_TYPE, "revision": revision, "percent": 100, "tag": tag}, *keep]
+
+
+def serving_percent(service: dict, revision: str) -> int:
+    """The share `revision` gets now, from what the service reports it serves."""
+    total = 0
+    latest = service.get("latestReadyRevision", "").rsplit("/", 1)[-1]
+    for t in service.get("trafficStatuses") or service.get("traffic") or []:
+        name = t.get("revision") or (latest if t.get("type", "").endswith("LATEST") else "")
+        if name.rsplit("/", 1)[-1] == revision:
+            total += int(t.get("percent", 0))
+    return total
+
+
+# --- gates ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Limits a canary window must meet; too few requests is no verdict at all."""
+
+    max_error_rate: float = 0.01
+    max_p95_ms: float = 5000.0
+    min_requests: int = 20
+
+
+@dataclass(frozen=True)
+class Window:
+    """What one observation window saw for the candidate."""
+
+    requests: int
+    errors: int
+    latencies_ms: tuple[float, ...] = field(default=())
+    source: str = ""
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def p95_ms(self) -> float | None:
+        return percentile(self.latencies_ms, 95)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str  # "pass" | "fail" | "inconclusive"
+    reasons: tuple[str, ...]
+
+
+def percentile(values, pct: float) -> float | None:
+    """Nearest-rank percentile (no interpolation: a p95 is a latency some request really had)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def judge(window: Window, gates: Gates) -> Verdict:
+    """Fail on any broken limit; inconclusive below the request minimum; pass otherwise."""
+    failed = []
+    if window.requests and window.error_rate > gates.max_error_rate:
+        failed.append(f"error rate {window.error_rate:.1%} over {gates.max_error_rate:.1%} "
+                      f"({window.errors}/{window.requests} requests)")
+    p95 = window.p95_ms
+    if p95 is not None and p95 > gates.max_p95_ms:
+        failed.append(f"p95 latency {p95:.0f} ms over {gates.max_p95_ms:.0f} ms")
+    if failed:
+        return Verdict("fail", tuple(failed))
+    if window.requests < gates.min_requests:
+        return Verdict("inconclusive", (f"{window.requests} requests, fewer than the {gates.min_requests} "
+                                        "a verdict needs: holding, not promoting",))
+    return Verdict("pass", (f"{window.requests} requests, error rate {window.error_rate:.1%}, "
+                            f"p95 {p95:.0f} ms",))
+
+
+# --- the state machine ---------------------------------------------------------------------
+
+
+def after_verdict(state: CanaryState, verdict: Verdict, max_holds: int) -> tuple[CanaryState, str]:
+    """The next state and what to do: 'advance', 'observe' (hold), 'rollback' or 'done'."""
+    if verdict.outcome == "fail":
+        return replace(state, phase=ROLLED_BACK, failed_checks=verdict.reasons), "rollback"
+    if verdict.outcome == "inconclusive":
+        if state.holds + 1 > max_holds:
+            reasons = (*verdict.reasons, f"still inconclusive after {max_holds} held windows")
+            return replace(state, phase=ROLLED_BACK, failed_checks=reasons), "rollback"
+        return replace(state, phase=HOLDING, holds=state.holds + 1), "observe"
+    if state.step == len(state.steps) - 1:
+        return replace(state, phase=PROMOTED, holds=0), "done"
+    return replace(state, phase=PROGRESSING, holds=0), "advance"
+
+
+def advanced(state: CanaryState) -> CanaryState:
+    return replace(state, step=state.step + 1, phase=PROGRESSING, holds=0)
+
+
+def needs_approval(state: CanaryState, approve_final: bool) -> bool:
+    """The approval gate stands before the step that moves the last traffic off stable."""
+    return approve_final and state.step + 1 == len(state.steps) - 1

@@ -1,0 +1,153 @@
+"""canary-shift and rollback on a real Prefect server and the emulator running the sample app."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import StateType
+
+from flows.canary import canary_shift
+from flows.rollback import rollback
+from gpuops import cloudrun, traffic
+from gpuops.demo_seed import workload_seed
+from gpuops.errors import CheckFailed
+
+P, R, S = "nca-toolkit-438301", "us-central1", "no-code-architects-toolkit"
+FAST = dict(window_s=0.3, probe_requests=8, min_requests=5, probe_body={"prompt": "t", "steps": 50})
+
+
+@pytest.fixture
+def emu(prefect_api, fresh_workload_emulator, monkeypatch, tmp_path):
+    fresh_workload_emulator.seed(workload_seed())
+    monkeypatch.setenv("GPUOPS_CLOUD_RUN_API", fresh_workload_emulator.url)
+    monkeypatch.setenv("GPUOPS_STATE_DIR", str(tmp_path / "state"))
+    return fresh_workload_emulator
+
+
+@pytest.fixture
+def cr(emu):
+    return cloudrun.connect()
+
+
+NAME = cloudrun.service_name(P, R, S)
+
+
+def stable_of(cr) -> str:
+    return cloudrun.short(cloudrun.get_service(cr, NAME)["latestReadyRevision"])
+
+
+def break_next_revision(cr, stable: str) -> None:
+    """A new template (its /generate answers 500) while stable keeps 100%: what a bad release looks like."""
+    service = cloudrun.get_service(cr, NAME)
+    template = service["template"]
+    container = template["containers"][0]
+    container["env"] = [*container["env"], {"name": "SAMPLE_APP_FAIL", "value": "generate"}]
+    cloudrun.update_traffic(cr, NAME, [{"type": traffic.REVISION_TYPE, "revision": stable, "percent": 100}],
+                            template=template)
+
+
+def split_of(cr) -> dict:
+    service = cloudrun.get_service(cr, NAME)
+    return {cloudrun.short(t["revision"]): t.get("percent", 0) for t in service["traffic"] if t.get("revision")}
+
+
+def test_a_healthy_canary_ends_with_all_traffic_on_the_gpu_revision(cr):
+    stable = stable_of(cr)
+    result = canary_shift(P, R, S, **FAST)
+    assert result["outcome"] == "promoted"
+    assert [h["percent"] for h in result["history"]] == [20, 80, 100]
+    assert split_of(cr) == {stable: 0, result["candidate"]: 100}
+    state = traffic.CanaryState.from_service(cloudrun.get_service(cr, NAME))
+    assert state.phase == traffic.PROMOTED
+    gpu = cloudrun.get_revision(cr, f"{NAME}/revisions/{result['candidate']}")
+    assert gpu["nodeSelector"]["accelerator"] == "nvidia-l4"
+    # The service URL now reaches the GPU revision only.
+    uri = cloudrun.get_service(cr, NAME)["uri"]
+    seen = {httpx.get(f"{uri}/healthz").headers["x-gpuops-revision"] for _ in range(5)}
+    assert seen == {result["candidate"]}
+    assert canary_shift(P, R, S, **FAST)["outcome"] == "already-promoted"
+
+
+def test_a_revision_failing_its_gate_at_20_percent_is_rolled_back_within_one_window(cr):
+    stable = stable_of(cr)
+    break_next_revision(cr, stable)
+    with pytest.raises(CheckFailed, match="rolled back") as failed:
+        canary_shift(P, R, S, **FAST)
+    [history] = [d["history"] for d in failed.value.details]
+    assert [(h["percent"], h["verdict"]) for h in history] == [(20, "fail")]
+    assert split_of(cr)[stable] == 100 and sum(split_of(cr).values()) == 100
+    state = traffic.CanaryState.from_service(cloudrun.get_service(cr, NAME))
+    assert state.phase == traffic.ROLLED_BACK and "error rate" in state.failed_checks[0]
+
+
+def test_an_inconclusive_window_holds_and_never_promotes(cr):
+    stable = stable_of(cr)
+    with pytest.raises(CheckFailed, match="inconclusive"):
+        canary_shift(P, R, S, **{**FAST, "probe_requests": 2, "min_requests": 10}, max_holds=1)
+    assert split_of(cr)[stable] == 100
+
+
+def test_killing_the_canary_mid_way_then_rollback_restores_stable_and_twice_is_a_no_op(cr, emu, prefect_api):
+    stable = stable_of(cr)
+    code = (f"from flows.canary import canary_shift; canary_shift({P!r}, {R!r}, {S!r}, window_s=30, "
+            "probe_requests=30, min_requests=5)")
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            state = traffic.CanaryState.from_service(cloudrun.get_service(cr, NAME))
+            if state and state.step >= 0:
+                break
+            time.sleep(0.2)
+        assert state and state.percent == 20, "the canary never reached its first step"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert split_of(cr)[stable] == 80
+    first = rollback(P, R, S)
+    assert first["changed"] == [f"traffic: {stable} 80% -> 100%"]
+    assert split_of(cr)[stable] == 100
+    assert rollback(P, R, S)["changed"] == []
+
+
+def test_the_final_step_waits_for_an_approval_and_a_refusal_rolls_back(cr, prefect_api):
+    stable = stable_of(cr)
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = canary_shift(P, R, S, **FAST, approve_final=True, approval_timeout_s=60)
+        except CheckFailed as exc:
+            outcome["error"] = str(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    paused = wait_for_paused_run()
+    state = traffic.CanaryState.from_service(cloudrun.get_service(cr, NAME))
+    assert (state.phase, state.percent) == (traffic.AWAITING_APPROVAL, 80)
+    answer = httpx.post(f"{prefect_api}/flow_runs/{paused}/resume",
+                        json={"run_input": {"approve": False, "note": "not tonight"}})
+    assert answer.status_code < 300, answer.text
+    worker.join(60)
+    assert "not tonight" in outcome["error"]
+    assert split_of(cr)[stable] == 100
+
+
+def wait_for_paused_run(timeout_s: float = 60) -> str:
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+            if runs:
+                return str(runs[0].id)
+            time.sleep(0.3)
+    raise AssertionError("no flow run paused for approval")
