@@ -84,7 +84,7 @@ def ask_approval(state: CanaryState, timeout_s: int) -> CanaryApproval | None:
     get_run_logger().warning("waiting for approval to move the last %d%% onto %s", 100 - state.percent,
                              state.candidate)
     try:
-        return pause_flow_run(wait_for_input=CanaryApproval, timeout=timeout_s)
+        return pause_flow_run(wait_for_input=CanaryApproval, timeout=timeout_s, poll_interval=2)
     except Exception as exc:  # prefect raises its own timeout error types across versions
         if "timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower():
             return None

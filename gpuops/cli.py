@@ -15,42 +15,7 @@ EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 # Modules that add their own subcommands: each has `register(subparsers)`, and its commands
 # set `run(args)` returning a result dict, or (result dict, exit code). Keep them light to import.
-COMMAND_MODULES = ("gpuops.gpu_cli", "gpuops.sample_app")
-
-
-def _service_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--project", required=True, help="Google Cloud project ID")
-    p.add_argument("--region", required=True, help="Cloud Run region, e.g. us-central1")
-    p.add_argument("--service", required=True, help="the Cloud Run service")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
-
-
-def _check_target(args) -> None:
-    # Bad names fail here, before a flow run starts, with one clear line and no traceback.
-    from flows.common import resolve_target
-
-    resolve_target(args.project, args.region, args.service)
-
-
-def _describe(args) -> dict:
-    from flows.describe_revision import describe_revision
-
-    _check_target(args)
-    return describe_revision(args.project, args.region, args.service)
-
-
-def _create_jobs(args) -> dict:
-    from blocks.cloud_run import GpuProfile
-    from flows.create_jobs import create_jobs
-
-    _check_target(args)
-    profile = GpuProfile(**{k: v for k, v in {
-        "gpu_type": args.gpu_type, "cpu": args.cpu, "memory": args.memory,
-        "max_instances": args.max_instances, "gpu_zonal_redundancy": args.gpu_zonal_redundancy,
-    }.items() if v is not None})
-    return create_jobs(args.project, args.region, args.service, gpu_profile=profile,
-                       dry_run=args.dry_run, require_secret_refs=args.require_secret_refs,
-                       prefix=args.prefix)
+COMMAND_MODULES = ("gpuops.migration_cli", "gpuops.cleanup_cli", "gpuops.gpu_cli", "gpuops.sample_app")
 
 
 def _emulate(args) -> None:
@@ -63,24 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpuops", description="GPU operations runbooks as Prefect flows.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("describe", help="describe the live revision of a Cloud Run service (phase 0)")
-    _service_args(p)
-    p.set_defaults(run=_describe)
-
-    p = sub.add_parser("create-jobs", help="create the CPU job, GPU job and GPU service (phases 1-2)")
-    _service_args(p)
-    p.add_argument("--gpu-type", help="GPU type (default nvidia-l4)")
-    p.add_argument("--cpu", help="CPU per GPU instance (default 8)")
-    p.add_argument("--memory", help="memory per GPU instance (default 32Gi)")
-    p.add_argument("--max-instances", type=int, help="max GPU service instances (default 3)")
-    p.add_argument("--no-gpu-zonal-redundancy", dest="gpu_zonal_redundancy", action="store_const",
-                   const=False, help="cheaper, best-effort GPU capacity")
-    p.add_argument("--prefix", help="name prefix of the new resources (default: the service name)")
-    p.add_argument("--require-secret-refs", action="store_true",
-                   help="refuse when a plaintext env value looks like a secret")
-    p.add_argument("--dry-run", action="store_true", help="print the request bodies and change nothing")
-    p.set_defaults(run=_create_jobs)
-
     p = sub.add_parser("emulate", help="run a local emulator (labelled as one)")
     p.add_argument("system", choices=["cloud-run"])
     p.add_argument("--port", type=int, default=8780)
@@ -92,13 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_emulate, json=False)
 
     for module in COMMAND_MODULES:
-        try:
-            register = importlib.import_module(module).register
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue  # not written yet
-        register(sub)
+        importlib.import_module(module).register(sub)
     return parser
 
 

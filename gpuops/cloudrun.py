@@ -135,6 +135,28 @@ def list_revisions(cr: CloudRun, service: str) -> list[dict]:
     return _call(cr, f"list revisions of {short(service)}", page)
 
 
+def delete_revision(cr: CloudRun, name: str) -> bool:
+    """Delete; False when already gone. Google refuses (FailedPrecondition) one that traffic references."""
+    def send():
+        try:
+            cr.revisions.delete_revision(name=name, retry=None, timeout=CALL_TIMEOUT_S).result(
+                timeout=cr.lro_timeout_s
+            )
+            return True
+        except gexc.NotFound:
+            return False
+
+    return _call(cr, f"delete revision {short(name)}", send)
+
+
+def list_services(cr: CloudRun, location: str) -> list[dict]:
+    def page():
+        pager = cr.services.list_services(parent=location, retry=None, timeout=CALL_TIMEOUT_S)
+        return [to_dict(s) for s in pager]
+
+    return _call(cr, f"list services in {location}", page)
+
+
 def _matches(cls: Any, planned: dict, name: str, getter) -> dict | None:
     """Read-back: the resource as it is, if it already holds everything planned."""
     current = getter(name)
@@ -252,6 +274,14 @@ def delete_job(cr: CloudRun, name: str) -> bool:
             return False
 
     return _call(cr, f"delete job {short(name)}", send)
+
+
+def list_jobs(cr: CloudRun, location: str) -> list[dict]:
+    def page():
+        pager = cr.jobs.list_jobs(parent=location, retry=None, timeout=CALL_TIMEOUT_S)
+        return [to_dict(j) for j in pager]
+
+    return _call(cr, f"list jobs in {location}", page)
 
 
 def _latest_execution(cr: CloudRun, job: str) -> str | None:

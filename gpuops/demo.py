@@ -8,12 +8,13 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 
 from gpuops.stack import PrefectServer
 
 PROJECT, REGION, SERVICE = "nca-toolkit-438301", "us-central1", "no-code-architects-toolkit"
+# Short windows so the demo takes a minute; production defaults are 30 s windows of 30 requests.
+CANARY = {"window_s": 1.0, "probe_requests": 10, "min_requests": 5}
 
 
 def say(text: str = "") -> None:
@@ -48,16 +49,23 @@ def expect(condition: bool, what: str) -> None:
 def start_stack(workdir: Path):
     from gpuops.emulator import CloudRunEmulator
 
+    from gpuops.demo_seed import workload_seed
+    from gpuops.emulator.fake_nvidia_smi import install_fake_nvidia_smi, recorded_reading
+
     step("Starting the local stack (everything on 127.0.0.1)")
     prefect = PrefectServer(workdir / "prefect").start()
     os.environ.update(prefect.env())
     say(f"   Prefect server (SQLite): {prefect.ui_url}")
-    seed = json.loads(resources.files("gpuops.data").joinpath("demo_seed.json").read_text())
-    emulator = CloudRunEmulator(seed=seed).start()
+    # No GPU here: the jobs see a fake nvidia-smi printing a real L4's recorded reading.
+    install_fake_nvidia_smi(workdir / "fake-gpu-bin", recorded_reading("l4"))
+    emulator = CloudRunEmulator(seed=workload_seed(), run_workloads=True,
+                                extra_path=[str(workdir / "fake-gpu-bin")]).start()
     os.environ["GPUOPS_CLOUD_RUN_API"] = emulator.url
     os.environ["GPUOPS_STATE_DIR"] = str(workdir / "state")
     say(f"   Cloud Run Admin API: gpuops EMULATOR at {emulator.url} (not Google), seeded with "
         f"{SERVICE} (gen2, 8 CPU, 32 GiB, concurrency 80, six env vars)")
+    say("   Containers are not pulled: each revision and job runs `gpuops sample-app` as a local process;")
+    say("   the GPU is EMULATED (a recorded NVIDIA L4 nvidia-smi reading).")
     return prefect, emulator
 
 
@@ -105,10 +113,87 @@ def run_create_jobs() -> dict:
     return first
 
 
+def run_smoke_test() -> dict:
+    from flows.smoke_test import gpu_smoke_test
+
+    step("Phase 2-C  gpu-smoke-test (GPU版動作テスト)")
+    result = gpu_smoke_test(PROJECT, REGION, SERVICE)
+    for check in result["checks"]:
+        say(f"   {'PASS' if check['passed'] else 'FAIL'} {check['check']}: {check['detail']}")
+    for row in result["comparison"]:
+        say(f"   {row['side']}: median {row['median_ms']} ms over {row['requests']} requests ({row['how']})")
+    expect(result["passed"], f"smoke test passed ({result['gpu_label']})")
+    return result
+
+
+def release(bad: bool) -> None:
+    """Stand-in for a new release of the service: its template changes, stable keeps 100%."""
+    from gpuops import cloudrun, traffic
+
+    cr = cloudrun.connect()
+    name = cloudrun.service_name(PROJECT, REGION, SERVICE)
+    service = cloudrun.get_service(cr, name)
+    stable = traffic.CanaryState.from_service(service)
+    stable = stable.stable if stable else cloudrun.short(service["latestReadyRevision"])
+    template = cloudrun.get_revision(cr, f"{name}/revisions/{stable}")
+    body = {k: template[k] for k in ("containers", "serviceAccount", "executionEnvironment", "timeout",
+                                     "scaling", "maxInstanceRequestConcurrency") if k in template}
+    if bad:
+        body["containers"][0]["env"].append({"name": "SAMPLE_APP_FAIL", "value": "generate"})
+    body["labels"] = {"release": "bad" if bad else "fixed"}
+    cloudrun.update_traffic(cr, name, [{"type": traffic.REVISION_TYPE, "revision": stable, "percent": 100}],
+                            template=body)
+
+
+def run_failing_canary() -> None:
+    from flows.canary import canary_shift
+    from gpuops.errors import CheckFailed
+
+    step("Phase 7  canary-shift with a bad release (its /generate answers 500)")
+    release(bad=True)
+    try:
+        with quiet("prefect.flow_runs"):
+            canary_shift(PROJECT, REGION, SERVICE, **CANARY)
+        raise DemoFailed("a failing GPU revision was promoted")
+    except CheckFailed as exc:
+        say(f"   {exc}")
+        for h in exc.details[0]["history"]:
+            say(f"   window at {h['percent']}%: {h['requests']} requests, {h['errors']} errors -> {h['verdict']}")
+    expect(serving_stable(), "rolled back automatically: the stable revision serves 100%")
+
+
+def serving_stable() -> bool:
+    from gpuops import cloudrun, traffic
+
+    service = cloudrun.get_service(cloudrun.connect(), cloudrun.service_name(PROJECT, REGION, SERVICE))
+    state = traffic.CanaryState.from_service(service)
+    return state is not None and traffic.serving_percent(service, state.stable) == 100
+
+
+def run_migration() -> dict:
+    from flows.migrate import migrate_to_gpu
+
+    step("The fixed release: migrate-to-gpu, the whole migration as one flow")
+    release(bad=False)
+    result = migrate_to_gpu(PROJECT, REGION, SERVICE, canary_window_s=CANARY["window_s"],
+                            probe_requests=CANARY["probe_requests"], min_requests=CANARY["min_requests"],
+                            approve_final=False)
+    for row in result["phases"]:
+        say(f"   {row['phase']:12} {row['status']:5} {row['percent']:3}%  {row['evidence']}")
+    est = result["cost"]["estimate"]
+    say(f"   cost ESTIMATE from stated inputs (100 job h + 50 service h a month): ${est['usd_per_month']}/month "
+        f"at ${est['rate']['total']}/h ({est['price_source']})")
+    serving = [t for t in result["serving"] if t["percent"]]
+    say("   serving: " + ", ".join(f"{t['revision']} {t['percent']}%" for t in serving))
+    expect(len(serving) == 1 and "-gpu-" in serving[0]["revision"], "the GPU revision serves 100%")
+    return result
+
+
 def report(prefect: PrefectServer, summary: dict) -> None:
     step("Where to look")
     say(f"   Prefect UI:     {prefect.ui_url}  (flow runs, artifacts)")
-    say(f"   Artifacts:      describe-{SERVICE}, env-{SERVICE}, create-jobs-plan-{SERVICE}, create-jobs-{SERVICE}")
+    say(f"   Artifacts:      migration-{SERVICE} (checklist and cost), canary-{SERVICE}, smoke-test-{SERVICE},")
+    say(f"                   describe-{SERVICE}, env-{SERVICE}, create-jobs-plan-{SERVICE}, create-jobs-{SERVICE}")
     say(f"   Snapshot:       {summary['snapshot_path']}")
     say(f"   Server log:     {prefect.home / 'server.log'}")
 
@@ -125,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run_describe()
         run_create_jobs()
+        run_smoke_test()
+        run_failing_canary()
+        run_migration()
         report(prefect, summary)
         say("\nDemo finished: every step did what it says.")
         if args.keep:
@@ -138,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()  # send the last flow-run logs before the server goes away
         emulator.stop()
         prefect.stop()
 

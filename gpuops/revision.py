@@ -75,6 +75,14 @@ def findings(summary: dict) -> list[dict]:
             "message": "no service account is set: the revision runs as the Compute Engine default one.",
             "fix": "create a dedicated least-privilege service account and set it.",
         })
+    serving = {t["revision"]: t["percent"] for t in summary["traffic"]}
+    if serving.get(summary["revision"], 0) == 0 and serving:
+        out.append({
+            "severity": "info", "code": "latest-not-serving", "subject": summary["revision"],
+            "message": f"the latest ready revision {summary['revision']} serves no traffic; "
+                       f"traffic goes to {', '.join(r for r, p in serving.items() if p)}.",
+            "fix": "the GPU jobs are planned from the latest ready revision: check that is the release you want.",
+        })
     if summary["containers"] > 1:
         out.append({
             "severity": "warning", "code": "sidecars", "subject": "containers",

@@ -110,3 +110,45 @@ def seeded_cloud_run(fresh_cloudrun_emulator, monkeypatch, tmp_path):
     monkeypatch.setenv("GPUOPS_CLOUD_RUN_API", fresh_cloudrun_emulator.url)
     monkeypatch.setenv("GPUOPS_STATE_DIR", str(tmp_path / "state"))
     return fresh_cloudrun_emulator
+
+
+
+
+def use_nvidia_smi_reading(directory: str, card: str) -> None:
+    """Make the fake nvidia-smi in directory print a recorded reading (`l4`, `gtx1080`, ...)."""
+    from gpuops.emulator.fake_nvidia_smi import install_fake_nvidia_smi, recorded_reading
+
+    install_fake_nvidia_smi(directory, recorded_reading(card))
+
+
+@pytest.fixture(scope="session")
+def gpu_workload_emulator(tmp_path_factory):
+    """A workload emulator whose PATH holds gpuops' fake nvidia-smi (a recorded L4 reading), so the
+    probe runs for real inside emulated jobs. workload_emulator's placeholder nvidia-smi prints no CSV."""
+    from gpuops.emulator import CloudRunEmulator
+
+    bin_dir = str(tmp_path_factory.mktemp("fake-gpu-bin"))
+    use_nvidia_smi_reading(bin_dir, "l4")
+    with CloudRunEmulator(run_workloads=True, extra_path=[bin_dir], startup_timeout_s=15) as emulator:
+        emulator.fake_smi_dir = bin_dir
+        yield emulator
+
+
+@pytest.fixture
+def gpu_cloud_run(gpu_workload_emulator, monkeypatch, tmp_path):
+    """The GPU workload emulator seeded with workload_seed() (the sample app), gpuops pointed at it,
+    a fresh state dir, and the L4 reading; `use_reading(card)` swaps the reading for this test."""
+    from gpuops.demo_seed import workload_seed
+
+    emu = gpu_workload_emulator
+    emu.reset()
+    emu.runner = None
+    use_nvidia_smi_reading(emu.fake_smi_dir, "l4")
+    emu.seed(workload_seed())
+    emu.clear_requests()
+    emu.use_reading = lambda card: use_nvidia_smi_reading(emu.fake_smi_dir, card)
+    monkeypatch.setenv("GPUOPS_CLOUD_RUN_API", emu.url)
+    monkeypatch.setenv("GPUOPS_STATE_DIR", str(tmp_path / "state"))
+    yield emu
+    emu.reset()
+    use_nvidia_smi_reading(emu.fake_smi_dir, "l4")

@@ -98,3 +98,10 @@ def emulated_gpu_env(directory: str | Path, env: dict | None = None) -> dict:
     env["PATH"] = os.pathsep.join(p for p in (str(directory), env.get("PATH", "")) if p)
     env[EMULATED_ENV] = "1"
     return env
+
+
+def recorded_reading(card: str) -> str:
+    """A real card's reading shipped with gpuops (`l4`, `t4`, `gtx1080`, ...), noheader form."""
+    from importlib import resources
+
+    return resources.files("gpuops.data").joinpath("nvidia_smi", f"{card}_noheader.csv").read_text()

@@ -1,4 +1,5 @@
 """`gpuops gpu-check` and `gpuops gpu-probe` run as the installed command (CONTRACTS §4)."""
+import gpuops.data
 import importlib.util
 import json
 import os
@@ -12,7 +13,7 @@ from gpuops.emulator.fake_nvidia_smi import emulated_gpu_env, install_fake_nvidi
 from gpuops.gpu import parse_smi_csv
 
 GPUOPS = str(Path(sys.executable).with_name("gpuops"))
-READINGS = Path(__file__).parents[1] / "data" / "nvidia_smi"
+READINGS = Path(gpuops.data.__file__).parent / "nvidia_smi"
 CONTRACT_KEYS = {"verdict", "gpus", "reasons"}
 GPU_KEYS = {"name", "memory_total_mib", "compute_cap"}
 PROBE_KEYS = {"probe", "smi", "gpus", "torch", "compute", "verdict", "reasons", "emulated"}

@@ -20,7 +20,9 @@ def test_prefect_deploy_all_creates_every_deployment_with_a_described_form(prefe
 
     with get_client(sync_client=True) as client:
         deployments = {d.name: d for d in client.read_deployments()}
-    assert {"describe-revision", "create-jobs"} <= set(deployments)
+    assert {"describe-revision", "create-jobs", "gpu-smoke-test", "canary-shift", "rollback", "cleanup",
+            "migrate-to-gpu"} <= set(deployments)
+    assert deployments["canary-shift"].parameters == {"approve_final": True}
     create = deployments["create-jobs"]
     assert create.parameters == {"dry_run": True}  # destructive-ish work is a dry run unless asked
     assert create.work_pool_name == "gpuops-process"

@@ -15,7 +15,6 @@ from prefect.client.schemas.objects import StateType
 from flows.canary import canary_shift
 from flows.rollback import rollback
 from gpuops import cloudrun, traffic
-from gpuops.demo_seed import workload_seed
 from gpuops.errors import CheckFailed
 
 P, R, S = "nca-toolkit-438301", "us-central1", "no-code-architects-toolkit"
@@ -23,11 +22,8 @@ FAST = dict(window_s=0.3, probe_requests=8, min_requests=5, probe_body={"prompt"
 
 
 @pytest.fixture
-def emu(prefect_api, fresh_workload_emulator, monkeypatch, tmp_path):
-    fresh_workload_emulator.seed(workload_seed())
-    monkeypatch.setenv("GPUOPS_CLOUD_RUN_API", fresh_workload_emulator.url)
-    monkeypatch.setenv("GPUOPS_STATE_DIR", str(tmp_path / "state"))
-    return fresh_workload_emulator
+def emu(prefect_api, gpu_cloud_run):
+    return gpu_cloud_run
 
 
 @pytest.fixture

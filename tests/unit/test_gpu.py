@@ -1,12 +1,13 @@
 """GPU guardrails judged on recorded nvidia-smi readings: parsing, compute capability, real VRAM."""
 from pathlib import Path
 
+import gpuops.data
 import pytest
 
 from gpuops.gpu import COMPUTE_CAPABILITIES, PYTORCH2_MIN_COMPUTE_CAP, SmiParseError, cap_tuple, judge, \
     parse_smi_csv, vram_need_gib
 
-READINGS = Path(__file__).parents[1] / "data" / "nvidia_smi"
+READINGS = Path(gpuops.data.__file__).parent / "nvidia_smi"
 CARDS = {
     "t4": ("Tesla T4", 15360, "7.5"),
     "l4": ("NVIDIA L4", 23034, "8.9"),

@@ -43,3 +43,10 @@ def test_findings_name_unspecified_environment_default_account_and_the_secret():
     gen1 = summarize(SERVICE, {**REVISION, "executionEnvironment": "EXECUTION_ENVIRONMENT_GEN1"})
     assert next(f for f in gen1["findings"] if f["code"] == "not-gen2")["severity"] == "error"
     assert "Secret Manager" in codes["plaintext-secret"]["fix"]
+
+
+def test_a_latest_revision_without_traffic_is_named():
+    pinned = {**SERVICE, "trafficStatuses": [{"revision": "svc-00001-abc", "percent": 100}]}
+    codes = {f["code"]: f for f in summarize(pinned, REVISION)["findings"]}
+    assert "svc-00001-abc" in codes["latest-not-serving"]["message"]
+    assert "latest-not-serving" not in {f["code"] for f in summarize(SERVICE, REVISION)["findings"]}

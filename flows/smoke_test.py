@@ -1,0 +1,210 @@
+"""Flow `gpu-smoke-test` (runbook phases 2-C and 6-B): probe the GPU job, call the GPU service, compare with CPU."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Optional
+
+import httpx
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from blocks.cloud_run import CloudRunTarget
+from flows.common import Target, connect, resolve_target, where
+from gpuops import cloudrun, job_plan, smoke
+from gpuops.errors import BadInput, CheckFailed
+from gpuops.execution_logs import read_execution_output
+
+# Cloud Logging ingests a few seconds behind the job: on Google, read again before giving up.
+LOG_READS_ON_GOOGLE, LOG_READ_PAUSE_S = 6, 10.0
+_ERROR_CHARS = 200  # of a failing answer's body: enough to name the error, too little to dump a page
+
+
+def _fix(target: Target, prefix: Optional[str]) -> str:
+    with_prefix = f" --prefix {prefix}" if prefix else ""
+    return (f"run `gpuops create-jobs --project {target.project} --region {target.region} "
+            f"--service {target.service}{with_prefix}` first")
+
+
+@task(name="run-gpu-probe", cache_policy=NO_CACHE, persist_result=False)
+def run_gpu_probe(cr: cloudrun.CloudRun, job: str, args: list[str], timeout_s: float,
+                  credentials=None) -> tuple[dict, Optional[dict]]:
+    """One execution of the GPU job with the probe's args, waited for with a bound; its report."""
+    overrides = {"containerOverrides": [{"args": args}]}
+    started = cloudrun.run_job(cr, job, overrides)
+    get_run_logger().info("started %s with args %s", cloudrun.short(started["name"]), args)
+    try:
+        # Locally a poll costs nothing and the probe takes about a second; on Google keep the default.
+        poll_s = 0.2 if cr.is_emulator else 2.0
+        execution = cloudrun.wait_execution(cr, started["name"], timeout_s, poll_s)
+    except TimeoutError:
+        # A hung probe must not keep a GPU billed: cancel it, and report the timeout.
+        cloudrun.cancel_execution(cr, started["name"])
+        return {**(cloudrun.get_execution(cr, started["name"]) or started), "timedOutAfterS": timeout_s}, None
+    return execution, _probe_report(cr, execution, credentials)
+
+
+def _probe_report(cr: cloudrun.CloudRun, execution: dict, credentials) -> Optional[dict]:
+    reads = 1 if cr.is_emulator else LOG_READS_ON_GOOGLE  # the emulator's log is complete at the end
+    for attempt in range(reads):
+        report = smoke.probe_result_from_output(read_execution_output(cr, execution, credentials))
+        if report is not None or attempt == reads - 1:
+            return report
+        time.sleep(LOG_READ_PAUSE_S)
+    return None
+
+
+def _request(client: httpx.Client, method: str, url: str, body: Optional[dict]) -> dict:
+    """One timed request as a record the planner judges; a failure is recorded, not raised."""
+    started = time.perf_counter()
+    try:
+        answer = client.request(method, url, json=body)
+    except httpx.HTTPError as exc:
+        return {"status": None, "ms": round((time.perf_counter() - started) * 1000, 1),
+                "fields": None, "error": f"{type(exc).__name__}: {exc}"}
+    ms = round((time.perf_counter() - started) * 1000, 1)
+    try:
+        payload = answer.json()
+    except ValueError:
+        payload = None
+    fields = sorted(payload) if isinstance(payload, dict) else None
+    error = None if answer.status_code == 200 else answer.text.strip()[:_ERROR_CHARS]
+    return {"status": answer.status_code, "ms": ms, "fields": fields, "error": error}
+
+
+@task(name="call-service", cache_policy=NO_CACHE, persist_result=False)
+def call_service(uri: str, calls: list[tuple[str, str, Optional[dict]]], requests: int,
+                 timeout_s: float) -> dict[str, list[dict]]:
+    """`requests` rounds of the given (method, path, body) calls, in order; records per path."""
+    records: dict[str, list[dict]] = {path: [] for _, path, _ in calls}
+    with httpx.Client(timeout=timeout_s, follow_redirects=False) as client:
+        for _ in range(requests):
+            for method, path, body in calls:
+                records[path].append(_request(client, method, uri.rstrip("/") + path, body))
+    return records
+
+
+def _no_url(calls: list) -> dict[str, list[dict]]:
+    missing = {"status": None, "ms": 0.0, "fields": None, "error": "the GPU service has no URL (not ready yet?)"}
+    return {path: [missing] for _, path, _ in calls}
+
+
+def _require(cr: cloudrun.CloudRun, target: Target, prefix: Optional[str]) -> tuple[str, dict]:
+    ids = job_plan.resource_ids(prefix or target.service)
+    job = target.job_name(ids["gpu_job"])
+    gpu = cloudrun.get_service(cr, cloudrun.service_name(target.project, target.region, ids["gpu_service"]))
+    missing = [f"job {ids['gpu_job']}"] if cloudrun.get_job(cr, job) is None else []
+    missing += [] if gpu else [f"service {ids['gpu_service']}"]
+    if missing:
+        where_ = f"{target.project}/{target.region}"
+        raise BadInput(f"{' and '.join(missing)} not found in {where_}: {_fix(target, prefix)}.")
+    return job, gpu
+
+
+def report_markdown(result: dict) -> str:
+    verdict = "PASSED" if result["passed"] else f"FAILED ({', '.join(result['failed'])})"
+    lines = [f"# GPU smoke test of `{result['gpu_service']}`: {verdict}", "",
+             f"**{result['gpu_label']}**", "", f"API: {result['api']}", "", f"GPU job: `{result['gpu_job']}`, "
+             f"execution `{result['execution']}`; GPU service URL: {result['gpu_uri']}", "",
+             "| check | result | detail | figures |", "|---|---|---|---|"]
+    for c in result["checks"]:
+        figure = json.dumps(c["figure"], sort_keys=True) if c["figure"] is not None else ""
+        mark = "pass" if c["passed"] else "**FAIL**"
+        lines.append(f"| {c['check']} | {mark} | {_cell(c['detail'])} | `{figure}` |")
+    lines += ["", "## CPU vs GPU (measured)", "", "| side | requests | median ms | p95 ms | speedup |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {r['side']} | {r['requests']} | {r['median_ms']} | {r['p95_ms']} | {r['speedup_vs_cpu']} |"
+              for r in result["comparison"]]
+    lines.append("")
+    lines.append(result["comparison_note"])
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    # An error body may hold pipes or newlines; either would break the table's row.
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _comparison_note(cr: cloudrun.CloudRun, baseline_uri: Optional[str], service: str) -> str:
+    if not baseline_uri:
+        return f"No CPU baseline: service `{service}` has no URL."
+    note = f"Same generation request, sent sequentially to `{service}` (CPU) and the GPU service."
+    if cr.is_emulator:
+        note += " On the emulator both are local processes on one host: the speedup says nothing about a GPU."
+    return note
+
+
+@flow(name="gpu-smoke-test")
+def gpu_smoke_test(
+    project: Optional[str] = None,
+    region: Optional[str] = None,
+    service: Optional[str] = None,
+    prefix: Optional[str] = None,
+    probe_args: list[str] = ["gpu-probe", "--json"],  # never mutated; a literal so the UI shows it
+    min_vram_gib: Optional[float] = None,
+    health_path: str = "/healthz",
+    generation_path: str = "/generate",
+    generation_body: dict = {"prompt": "smoke test", "steps": 2000},  # never mutated
+    expect_field: str = "output",
+    requests: int = 3,
+    timeout_s: float = 600,
+    target: Optional[CloudRunTarget] = None,
+) -> dict:
+    """Smoke-test the GPU job and GPU service made by create-jobs; compare latency with the CPU service.
+
+    Cloud Run execution overrides set a container's args and env only, never its command: the
+    image's entrypoint must run the probe (`gpuops gpu-probe --json`) when given `probe_args`.
+
+    Args:
+        project: Google Cloud project ID (or take it from `target`).
+        region: Cloud Run region (or take it from `target`).
+        service: the stable (CPU) service; its URL, when it has one, gives the CPU baseline.
+        prefix: name prefix create-jobs used (default: the service name).
+        probe_args: args the GPU job runs with, as an execution override.
+        min_vram_gib: VRAM each GPU must read, in GiB; passed to the probe as --min-vram-gib.
+        health_path: GET path that must answer 200.
+        generation_path: POST path of a real generation; a health check alone is never enough.
+        generation_body: JSON body of the generation request.
+        expect_field: field a successful generation's JSON body must hold.
+        requests: how many health and generation requests each service gets.
+        timeout_s: bound on the job execution's wait and on each HTTP request, in seconds.
+        target: a gpuops Cloud Run target block; explicit parameters win over its fields.
+    """
+    where_to, credentials = resolve_target(project, region, service, target)
+    if requests < 1:
+        raise BadInput(f"requests must be at least 1, got {requests}.")
+    ids = job_plan.resource_ids(prefix or where_to.service)
+    cr = connect(where_to, credentials)
+    job, gpu = _require(cr, where_to, prefix)
+
+    args = list(probe_args) + (["--min-vram-gib", str(min_vram_gib)] if min_vram_gib else [])
+    execution, probe = run_gpu_probe(cr, job, args, timeout_s, credentials)
+    calls = [("GET", health_path, None), ("POST", generation_path, generation_body)]
+    gpu_calls = call_service(gpu["uri"], calls, requests, timeout_s) if gpu.get("uri") else _no_url(calls)
+    health, generation = gpu_calls[health_path], gpu_calls[generation_path]
+
+    stable = cloudrun.get_service(cr, where_to.service_name) or {}
+    baseline = call_service(stable["uri"], calls[1:], requests, timeout_s) if stable.get("uri") else {}
+    verdict = smoke.judge_smoke(execution, probe, health, generation, expect_field)
+    result = {
+        "service": where_to.service, "gpu_service": ids["gpu_service"], "gpu_job": ids["gpu_job"],
+        "api": where(cr), "execution": cloudrun.short(execution["name"]), "gpu_uri": gpu.get("uri"),
+        **verdict, "probe": probe, "cpu_generation": baseline.get(generation_path, []),
+        "comparison": smoke.comparison_table(smoke.ok_latencies(generation),
+                                             smoke.ok_latencies(baseline.get(generation_path, []))),
+        "comparison_note": _comparison_note(cr, stable.get("uri"), where_to.service),
+    }
+    _publish(result, where_to.service)
+    if not result["passed"]:
+        raise CheckFailed(f"GPU smoke test of {ids['gpu_service']} failed: {', '.join(result['failed'])} "
+                          f"({result['gpu_label']})", result["checks"])
+    return result
+
+
+def _publish(result: dict, service: str) -> None:
+    """The report first: a failed smoke test must leave its evidence before the flow fails."""
+    create_markdown_artifact(key=f"smoke-test-{service}", markdown=report_markdown(result),
+                             description=f"GPU smoke test of {result['gpu_service']} ({result['api']})")
+    create_table_artifact(key=f"smoke-latency-{service}", table=result["comparison"],
+                          description=f"CPU vs GPU latency, measured ({result['gpu_label']}; {result['api']})")

@@ -1,0 +1,129 @@
+"""The Cloud Run migration's CLI commands, one small function per flow (same parameters as the UI)."""
+from __future__ import annotations
+
+import argparse
+
+
+def service_args(p: argparse.ArgumentParser, prefix: bool = True) -> None:
+    p.add_argument("--project", required=True, help="Google Cloud project ID")
+    p.add_argument("--region", required=True, help="Cloud Run region, e.g. us-central1")
+    p.add_argument("--service", required=True, help="the Cloud Run service (the stable, CPU one)")
+    if prefix:
+        p.add_argument("--prefix", help="name prefix of the migration's resources (default: the service name)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
+
+
+def profile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpu-type", help="GPU type (default nvidia-l4)")
+    p.add_argument("--cpu", help="CPU per GPU instance (default 8)")
+    p.add_argument("--memory", help="memory per GPU instance (default 32Gi)")
+    p.add_argument("--max-instances", type=int, help="max GPU service instances (default 3)")
+    p.add_argument("--no-gpu-zonal-redundancy", dest="gpu_zonal_redundancy", action="store_const",
+                   const=False, help="cheaper, best-effort GPU capacity")
+
+
+def check_target(args) -> None:
+    # Bad names fail here, before a flow run starts, with one clear line and no traceback.
+    from flows.common import resolve_target
+
+    resolve_target(args.project, args.region, args.service)
+
+
+def gpu_profile(args):
+    from blocks.cloud_run import GpuProfile
+
+    given = {"gpu_type": args.gpu_type, "cpu": args.cpu, "memory": args.memory,
+             "max_instances": args.max_instances, "gpu_zonal_redundancy": args.gpu_zonal_redundancy}
+    return GpuProfile(**{k: v for k, v in given.items() if v is not None})
+
+
+def _target(args) -> tuple:
+    check_target(args)
+    return args.project, args.region, args.service
+
+
+def _describe(args) -> dict:
+    from flows.describe_revision import describe_revision
+
+    return describe_revision(*_target(args))
+
+
+def _create_jobs(args) -> dict:
+    from flows.create_jobs import create_jobs
+
+    return create_jobs(*_target(args), gpu_profile=gpu_profile(args), dry_run=args.dry_run,
+                       require_secret_refs=args.require_secret_refs, prefix=args.prefix)
+
+
+def _smoke_test(args) -> dict:
+    from flows.smoke_test import gpu_smoke_test
+
+    return gpu_smoke_test(*_target(args), prefix=args.prefix, min_vram_gib=args.min_vram_gib)
+
+
+def _canary(args) -> dict:
+    from flows.canary import canary_shift
+
+    return canary_shift(*_target(args), steps=args.steps, gpu_profile=gpu_profile(args),
+                        window_s=args.window_s, probe_requests=args.probe_requests,
+                        min_requests=args.min_requests, approve_final=args.approve_final)
+
+
+def _rollback(args) -> dict:
+    from flows.rollback import rollback
+
+    return rollback(*_target(args), prefix=args.prefix)
+
+
+def _migrate(args) -> dict:
+    from flows.migrate import migrate_to_gpu
+
+    return migrate_to_gpu(*_target(args), gpu_profile=gpu_profile(args), steps=args.steps,
+                          canary_window_s=args.window_s, probe_requests=args.probe_requests,
+                          min_requests=args.min_requests, approve_final=args.approve_final)
+
+
+def _canary_args(p: argparse.ArgumentParser) -> None:
+    profile_args(p)
+    p.add_argument("--steps", default="20,80,100", help="GPU share at each step, ending at 100 (default 20,80,100)")
+    p.add_argument("--window-s", type=float, default=30.0, help="seconds per observation window (default 30)")
+    p.add_argument("--probe-requests", type=int, default=30, help="probe requests per window (default 30)")
+    p.add_argument("--min-requests", type=int, default=20, help="fewest requests for a verdict (default 20)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("describe", help="describe the live revision of a Cloud Run service (phase 0)")
+    service_args(p, prefix=False)
+    p.set_defaults(run=_describe)
+
+    p = subparsers.add_parser("create-jobs", help="create the CPU job, GPU job and GPU service (phases 1-2)")
+    service_args(p)
+    profile_args(p)
+    p.add_argument("--require-secret-refs", action="store_true",
+                   help="refuse when a plaintext env value looks like a secret")
+    p.add_argument("--dry-run", action="store_true", help="print the request bodies and change nothing")
+    p.set_defaults(run=_create_jobs)
+
+    p = subparsers.add_parser("smoke-test",
+                              help="probe the GPU job, call the GPU service, compare with CPU (phase 2-C)")
+    service_args(p)
+    p.add_argument("--min-vram-gib", type=float, help="VRAM each GPU must read, in GiB")
+    p.set_defaults(run=_smoke_test)
+
+    p = subparsers.add_parser("canary", help="shift traffic onto a GPU revision step by step, gated (phase 7)")
+    service_args(p, prefix=False)
+    _canary_args(p)
+    p.add_argument("--approve-final", action="store_true",
+                   help="pause for an approval before the last traffic leaves the stable revision")
+    p.set_defaults(run=_canary)
+
+    p = subparsers.add_parser("rollback", help="all traffic back to the stable revision (phase 8-B)")
+    service_args(p)
+    p.set_defaults(run=_rollback)
+
+    p = subparsers.add_parser("migrate", help="describe, create jobs, smoke test and canary in one flow")
+    service_args(p, prefix=False)
+    _canary_args(p)
+    p.add_argument("--no-approve-final", dest="approve_final", action="store_false",
+                   help="do not pause before the last step (by default the migration asks)")
+    p.set_defaults(run=_migrate)
