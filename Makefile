@@ -25,6 +25,7 @@ demo: sync
 
 bench: sync
 	$(VENV)/bin/python benchmarks/describe_create_jobs.py
+	$(VENV)/bin/python benchmarks/canary_rollback_time.py
 
 clean:
 	rm -rf $(VENV) .uv-bootstrap .gpuops

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import replace
 from typing import Optional
 
@@ -107,7 +108,8 @@ def history_markdown(target: Target, api: str, state: CanaryState, history: list
 def _record(history: list[dict], state: CanaryState, window: traffic.Window, verdict: traffic.Verdict) -> None:
     history.append({"step": state.step + 1, "percent": state.percent, "requests": window.requests,
                     "errors": window.errors, "p95_ms": None if window.p95_ms is None else round(window.p95_ms, 1),
-                    "verdict": verdict.outcome, "reasons": list(verdict.reasons), "source": window.source})
+                    "verdict": verdict.outcome, "reasons": list(verdict.reasons), "source": window.source,
+                    "first_error_at": window.first_error_at, "ended_at": window.ended_at})
 
 
 @flow(name="canary-shift")
@@ -126,6 +128,7 @@ def canary_shift(
     max_p95_ms: float = 5000.0,
     min_requests: int = 20,
     max_holds: int = 2,
+    stop_window_early: bool = True,
     approve_final: bool = False,
     approval_timeout_s: int = 3600,
     notify_block: Optional[str] = None,
@@ -153,6 +156,7 @@ def canary_shift(
         max_p95_ms: highest 95th-percentile latency a window may have, in milliseconds.
         min_requests: fewest requests for a verdict; fewer is inconclusive and holds.
         max_holds: inconclusive windows in a row before the canary rolls back.
+        stop_window_early: end a window as soon as its errors already break the limit (faster rollback).
         approve_final: pause for an approval before the step that takes the last traffic off stable.
         approval_timeout_s: how long to wait for that approval; on timeout the split is held.
         notify_block: name of a Prefect notification block told about rollbacks, holds and promotion.
@@ -170,7 +174,8 @@ def canary_shift(
                           [v.__dict__ for v in check.violations])
     gates = Gates(max_error_rate=max_error_rate, max_p95_ms=max_p95_ms, min_requests=min_requests)
     source = ProbeTraffic(requests=probe_requests, path=probe_path, method=probe_method,
-                          body=probe_body if probe_body is not None else ProbeTraffic().body)
+                          body=probe_body if probe_body is not None else ProbeTraffic().body,
+                          stop_early=stop_window_early)
 
     cr = connect(where_to, credentials)
     current = cloudrun.get_service(cr, where_to.service_name)
@@ -232,11 +237,12 @@ def _walk(cr, target, state, source, gates, window_s, max_holds, approve_final, 
 
 def _roll_back(cr, target, api, state, history, reasons, notify_block) -> dict:
     changes = restore_stable(cr, target, tuple(reasons))
+    rolled_back_at = time.time()
     create_markdown_artifact(key=f"canary-{target.service}",
                              markdown=history_markdown(target, api, state, history, "rolled back"))
     notify(notify_block, f"gpuops canary of {target.service} rolled back", "; ".join([*reasons, *changes]))
     raise CheckFailed(f"canary rolled back to {state.stable}: {'; '.join(reasons)}",
-                      [{"history": history, "changes": changes}])
+                      [{"history": history, "changes": changes, "rolled_back_at": rolled_back_at}])
 
 
 def _stop(target, api, state, history, outcome, notify_block) -> dict:

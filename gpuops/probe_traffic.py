@@ -25,9 +25,10 @@ class ProbeTraffic:
     method: str = "POST"
     body: dict | None = field(default_factory=lambda: {"prompt": "canary probe", "steps": 200})
     timeout_s: float = 30.0
+    stop_early: bool = True  # end the window once its errors already break the limit
 
     def observe(self, url: str, window_s: float, gates: Gates) -> Window:
-        latencies, errors, sent = [], 0, 0
+        latencies, errors, sent, first_error_at = [], 0, 0, None
         interval = window_s / self.requests if self.requests else 0
         # Past this many errors the window can only fail: stop and say so at once.
         doomed_at = int(gates.max_error_rate * self.requests) + 1
@@ -38,13 +39,16 @@ class ProbeTraffic:
                 sent += 1
                 latencies.append(ms)
                 errors += 0 if ok else 1
-                if errors >= doomed_at:
+                if not ok and first_error_at is None:
+                    first_error_at = time.time()
+                if self.stop_early and errors >= doomed_at:
                     break
                 wait = started + (i + 1) * interval - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
         return Window(requests=sent, errors=errors, latencies_ms=tuple(latencies),
-                      source=f"{sent} probe requests {self.method} {url}{self.path}")
+                      source=f"{sent} probe requests {self.method} {url}{self.path}",
+                      first_error_at=first_error_at, ended_at=time.time())
 
     def _one(self, client: httpx.Client, url: str) -> tuple[bool, float]:
         start = time.perf_counter()

@@ -109,6 +109,8 @@ class Window:
     errors: int
     latencies_ms: tuple[float, ...] = field(default=())
     source: str = ""
+    first_error_at: float | None = None  # epoch seconds: when the first failing answer came back
+    ended_at: float | None = None  # epoch seconds: when the window closed
 
     @property
     def error_rate(self) -> float:
