@@ -107,89 +107,85 @@ def _call(cr: CloudRun, what: str, fn, read_back=None):
     return retry.call(what, fn, backoff=cr.backoff, read_back=read_back)
 
 
-def _get_or_none(fn):
-    try:
-        return fn()
-    except gexc.NotFound:
-        return None
+def _get(cr: CloudRun, what: str, method, name: str) -> dict | None:
+    """A read; None for a resource that does not exist."""
+    def read():
+        try:
+            return to_dict(method(name=name, retry=None, timeout=CALL_TIMEOUT_S))
+        except gexc.NotFound:
+            return None
+
+    return _call(cr, f"get {what} {short(name)}", read)
+
+
+def _list(cr: CloudRun, what: str, method, parent: str) -> list[dict]:
+    def read():
+        return [to_dict(item) for item in method(parent=parent, retry=None, timeout=CALL_TIMEOUT_S)]
+
+    return _call(cr, f"list {what} in {parent}", read)
+
+
+def _delete(cr: CloudRun, what: str, method, name: str) -> bool:
+    """Delete; False when it was already gone (so a retry after a lost answer is not an error)."""
+    def send():
+        try:
+            method(name=name, retry=None, timeout=CALL_TIMEOUT_S).result(timeout=cr.lro_timeout_s)
+            return True
+        except gexc.NotFound:
+            return False
+
+    return _call(cr, f"delete {what} {short(name)}", send)
+
+
+def _write(cr: CloudRun, what: str, cls: Any, name: str, body: dict, start, getter) -> dict:
+    """A create or update awaited to its end; after a lost answer, a read-back decides if it took."""
+    def send():
+        return to_dict(start().result(timeout=cr.lro_timeout_s))
+
+    def guard():
+        current = getter(cr, name)
+        return current if current and is_subset(normalized(cls, body), current) else None
+
+    return _call(cr, f"{what} {short(name)}", send, read_back=guard)
 
 
 # --- services and revisions ------------------------------------------------------------
 
 
 def get_service(cr: CloudRun, name: str) -> dict | None:
-    get = lambda: to_dict(cr.services.get_service(name=name, retry=None, timeout=CALL_TIMEOUT_S))
-    return _call(cr, f"get {short(name)}", lambda: _get_or_none(get))
-
-
-def get_revision(cr: CloudRun, name: str) -> dict | None:
-    get = lambda: to_dict(cr.revisions.get_revision(name=name, retry=None, timeout=CALL_TIMEOUT_S))
-    return _call(cr, f"get revision {short(name)}", lambda: _get_or_none(get))
-
-
-def list_revisions(cr: CloudRun, service: str) -> list[dict]:
-    def page():
-        pager = cr.revisions.list_revisions(parent=service, retry=None, timeout=CALL_TIMEOUT_S)
-        return [to_dict(r) for r in pager]
-
-    return _call(cr, f"list revisions of {short(service)}", page)
-
-
-def delete_revision(cr: CloudRun, name: str) -> bool:
-    """Delete; False when already gone. Google refuses (FailedPrecondition) one that traffic references."""
-    def send():
-        try:
-            cr.revisions.delete_revision(name=name, retry=None, timeout=CALL_TIMEOUT_S).result(
-                timeout=cr.lro_timeout_s
-            )
-            return True
-        except gexc.NotFound:
-            return False
-
-    return _call(cr, f"delete revision {short(name)}", send)
+    return _get(cr, "service", cr.services.get_service, name)
 
 
 def list_services(cr: CloudRun, location: str) -> list[dict]:
-    def page():
-        pager = cr.services.list_services(parent=location, retry=None, timeout=CALL_TIMEOUT_S)
-        return [to_dict(s) for s in pager]
-
-    return _call(cr, f"list services in {location}", page)
+    return _list(cr, "services", cr.services.list_services, location)
 
 
-def _matches(cls: Any, planned: dict, name: str, getter) -> dict | None:
-    """Read-back: the resource as it is, if it already holds everything planned."""
-    current = getter(name)
-    if current and is_subset(normalized(cls, planned), current):
-        return current
-    return None
+def get_revision(cr: CloudRun, name: str) -> dict | None:
+    return _get(cr, "revision", cr.revisions.get_revision, name)
+
+
+def list_revisions(cr: CloudRun, service: str) -> list[dict]:
+    return _list(cr, "revisions", cr.revisions.list_revisions, service)
+
+
+def delete_revision(cr: CloudRun, name: str) -> bool:
+    """Google refuses (FailedPrecondition) to delete a revision that traffic references."""
+    return _delete(cr, "revision", cr.revisions.delete_revision, name)
 
 
 def create_service(cr: CloudRun, name: str, body: dict) -> dict:
     parent, sid = _split(name)
     msg = from_dict(run_v2.Service, body)
-
-    def send():
-        op = cr.services.create_service(
-            parent=parent, service=msg, service_id=sid, retry=None, timeout=CALL_TIMEOUT_S
-        )
-        return to_dict(op.result(timeout=cr.lro_timeout_s))
-
-    guard = lambda: _matches(run_v2.Service, body, name, lambda n: get_service(cr, n))
-    return _call(cr, f"create service {sid}", send, read_back=guard)
+    start = lambda: cr.services.create_service(parent=parent, service=msg, service_id=sid, retry=None,
+                                               timeout=CALL_TIMEOUT_S)
+    return _write(cr, "create service", run_v2.Service, name, body, start, get_service)
 
 
 def update_service(cr: CloudRun, name: str, body: dict) -> dict:
+    # A lost answer after a template change must not be sent again blindly: read back first.
     msg = from_dict(run_v2.Service, {**body, "name": name})
-
-    def send():
-        op = cr.services.update_service(service=msg, retry=None, timeout=CALL_TIMEOUT_S)
-        return to_dict(op.result(timeout=cr.lro_timeout_s))
-
-    # A second identical update would be harmless on Google, but a lost answer after a
-    # template change must not be sent again blindly: read back first.
-    guard = lambda: _matches(run_v2.Service, body, name, lambda n: get_service(cr, n))
-    return _call(cr, f"update service {short(name)}", send, read_back=guard)
+    start = lambda: cr.services.update_service(service=msg, retry=None, timeout=CALL_TIMEOUT_S)
+    return _write(cr, "update service", run_v2.Service, name, body, start, get_service)
 
 
 # UpdateService replaces the whole service: send back what the caller may set, nothing the
@@ -219,69 +215,35 @@ def update_traffic(cr: CloudRun, name: str, traffic: list[dict], annotations: di
 
 
 def delete_service(cr: CloudRun, name: str) -> bool:
-    """Delete; False when it was already gone (so a retry after a lost answer is not an error)."""
-    def send():
-        try:
-            cr.services.delete_service(name=name, retry=None, timeout=CALL_TIMEOUT_S).result(
-                timeout=cr.lro_timeout_s
-            )
-            return True
-        except gexc.NotFound:
-            return False
-
-    return _call(cr, f"delete service {short(name)}", send)
+    return _delete(cr, "service", cr.services.delete_service, name)
 
 
 # --- jobs and executions ---------------------------------------------------------------
 
 
 def get_job(cr: CloudRun, name: str) -> dict | None:
-    get = lambda: to_dict(cr.jobs.get_job(name=name, retry=None, timeout=CALL_TIMEOUT_S))
-    return _call(cr, f"get job {short(name)}", lambda: _get_or_none(get))
+    return _get(cr, "job", cr.jobs.get_job, name)
+
+
+def list_jobs(cr: CloudRun, location: str) -> list[dict]:
+    return _list(cr, "jobs", cr.jobs.list_jobs, location)
 
 
 def create_job(cr: CloudRun, name: str, body: dict) -> dict:
     parent, jid = _split(name)
     msg = from_dict(run_v2.Job, body)
-
-    def send():
-        op = cr.jobs.create_job(parent=parent, job=msg, job_id=jid, retry=None, timeout=CALL_TIMEOUT_S)
-        return to_dict(op.result(timeout=cr.lro_timeout_s))
-
-    guard = lambda: _matches(run_v2.Job, body, name, lambda n: get_job(cr, n))
-    return _call(cr, f"create job {jid}", send, read_back=guard)
+    start = lambda: cr.jobs.create_job(parent=parent, job=msg, job_id=jid, retry=None, timeout=CALL_TIMEOUT_S)
+    return _write(cr, "create job", run_v2.Job, name, body, start, get_job)
 
 
 def update_job(cr: CloudRun, name: str, body: dict) -> dict:
     msg = from_dict(run_v2.Job, {**body, "name": name})
-
-    def send():
-        op = cr.jobs.update_job(job=msg, retry=None, timeout=CALL_TIMEOUT_S)
-        return to_dict(op.result(timeout=cr.lro_timeout_s))
-
-    guard = lambda: _matches(run_v2.Job, body, name, lambda n: get_job(cr, n))
-    return _call(cr, f"update job {short(name)}", send, read_back=guard)
+    start = lambda: cr.jobs.update_job(job=msg, retry=None, timeout=CALL_TIMEOUT_S)
+    return _write(cr, "update job", run_v2.Job, name, body, start, get_job)
 
 
 def delete_job(cr: CloudRun, name: str) -> bool:
-    def send():
-        try:
-            cr.jobs.delete_job(name=name, retry=None, timeout=CALL_TIMEOUT_S).result(
-                timeout=cr.lro_timeout_s
-            )
-            return True
-        except gexc.NotFound:
-            return False
-
-    return _call(cr, f"delete job {short(name)}", send)
-
-
-def list_jobs(cr: CloudRun, location: str) -> list[dict]:
-    def page():
-        pager = cr.jobs.list_jobs(parent=location, retry=None, timeout=CALL_TIMEOUT_S)
-        return [to_dict(j) for j in pager]
-
-    return _call(cr, f"list jobs in {location}", page)
+    return _delete(cr, "job", cr.jobs.delete_job, name)
 
 
 def _latest_execution(cr: CloudRun, job: str) -> str | None:
@@ -314,16 +276,11 @@ def run_job(cr: CloudRun, name: str, overrides: dict | None = None) -> dict:
 
 
 def get_execution(cr: CloudRun, name: str) -> dict | None:
-    get = lambda: to_dict(cr.executions.get_execution(name=name, retry=None, timeout=CALL_TIMEOUT_S))
-    return _call(cr, f"get execution {short(name)}", lambda: _get_or_none(get))
+    return _get(cr, "execution", cr.executions.get_execution, name)
 
 
 def list_executions(cr: CloudRun, job: str) -> list[dict]:
-    def page():
-        pager = cr.executions.list_executions(parent=job, retry=None, timeout=CALL_TIMEOUT_S)
-        return [to_dict(e) for e in pager]
-
-    return _call(cr, f"list executions of {short(job)}", page)
+    return _list(cr, "executions", cr.executions.list_executions, job)
 
 
 def cancel_execution(cr: CloudRun, name: str) -> dict:

@@ -1,10 +1,16 @@
-"""Session-wide fixtures: one local Cloud Run emulator per test session, and run_v2 REST clients."""
+"""Session-wide stand-ins, each started once: the Cloud Run emulator (plain, and running workloads), a Prefect server."""
 
 from __future__ import annotations
 
+import json
+import os
 from types import SimpleNamespace
 
 import pytest
+
+# Retries back off in milliseconds here; production keeps its defaults.
+os.environ.setdefault("GPUOPS_RETRY_INITIAL_S", "0.01")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 @pytest.fixture(scope="session")
@@ -26,36 +32,6 @@ def fresh_cloudrun_emulator(cloudrun_emulator):
     cloudrun_emulator.reset()
 
 
-FAKE_NVIDIA_SMI = """#!/bin/sh
-echo "fake nvidia-smi (gpuops test): NVIDIA L4, 23034 MiB"
-"""
-
-
-@pytest.fixture(scope="session")
-def workload_emulator(tmp_path_factory):
-    """A second session emulator that runs workloads as local processes; a fake nvidia-smi is on PATH."""
-    from gpuops.emulator import CloudRunEmulator
-
-    bin_dir = tmp_path_factory.mktemp("fake-bin")
-    smi = bin_dir / "nvidia-smi"
-    smi.write_text(FAKE_NVIDIA_SMI)
-    smi.chmod(0o755)
-    emulator = CloudRunEmulator(run_workloads=True, extra_path=[str(bin_dir)],
-                                extra_env={"GPUOPS_EMULATED": "1"}, startup_timeout_s=15)
-    with emulator:
-        yield emulator
-
-
-@pytest.fixture
-def fresh_workload_emulator(workload_emulator):
-    """The workload emulator emptied (and every process stopped) before and after the test."""
-    workload_emulator.reset()
-    workload_emulator.runner = None
-    yield workload_emulator
-    workload_emulator.runner = None
-    workload_emulator.reset()
-
-
 @pytest.fixture(scope="session")
 def cloudrun_clients(cloudrun_emulator):
     """The real google-cloud-run v2 clients, over REST, pointed at the emulator."""
@@ -75,14 +51,6 @@ def cloudrun_clients(cloudrun_emulator):
         executions=run_v2.ExecutionsClient(**kwargs),
         tasks=run_v2.TasksClient(**kwargs),
     )
-
-
-import json
-import os
-
-# Retries back off in milliseconds here; production keeps its defaults.
-os.environ.setdefault("GPUOPS_RETRY_INITIAL_S", "0.01")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 @pytest.fixture(scope="session")
@@ -112,8 +80,6 @@ def seeded_cloud_run(fresh_cloudrun_emulator, monkeypatch, tmp_path):
     return fresh_cloudrun_emulator
 
 
-
-
 def use_nvidia_smi_reading(directory: str, card: str) -> None:
     """Make the fake nvidia-smi in directory print a recorded reading (`l4`, `gtx1080`, ...)."""
     from gpuops.emulator.fake_nvidia_smi import install_fake_nvidia_smi, recorded_reading
@@ -122,27 +88,36 @@ def use_nvidia_smi_reading(directory: str, card: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def gpu_workload_emulator(tmp_path_factory):
-    """A workload emulator whose PATH holds gpuops' fake nvidia-smi (a recorded L4 reading), so the
-    probe runs for real inside emulated jobs. workload_emulator's placeholder nvidia-smi prints no CSV."""
+def workload_emulator(tmp_path_factory):
+    """An emulator that runs workloads as local processes, with gpuops' fake nvidia-smi (a recorded
+    L4 reading) first on their PATH, so the probe runs for real inside emulated jobs."""
     from gpuops.emulator import CloudRunEmulator
 
     bin_dir = str(tmp_path_factory.mktemp("fake-gpu-bin"))
     use_nvidia_smi_reading(bin_dir, "l4")
-    with CloudRunEmulator(run_workloads=True, extra_path=[bin_dir], startup_timeout_s=15) as emulator:
+    with CloudRunEmulator(run_workloads=True, extra_path=[bin_dir], extra_env={"GPUOPS_EMULATED": "1"},
+                          startup_timeout_s=15) as emulator:
         emulator.fake_smi_dir = bin_dir
         yield emulator
 
 
 @pytest.fixture
-def gpu_cloud_run(gpu_workload_emulator, monkeypatch, tmp_path):
+def fresh_workload_emulator(workload_emulator):
+    """The workload emulator emptied (and every process stopped) before and after the test."""
+    workload_emulator.reset()
+    workload_emulator.runner = None
+    yield workload_emulator
+    workload_emulator.runner = None
+    workload_emulator.reset()
+
+
+@pytest.fixture
+def gpu_cloud_run(fresh_workload_emulator, monkeypatch, tmp_path):
     """The GPU workload emulator seeded with workload_seed() (the sample app), gpuops pointed at it,
     a fresh state dir, and the L4 reading; `use_reading(card)` swaps the reading for this test."""
     from gpuops.demo_seed import workload_seed
 
-    emu = gpu_workload_emulator
-    emu.reset()
-    emu.runner = None
+    emu = fresh_workload_emulator
     use_nvidia_smi_reading(emu.fake_smi_dir, "l4")
     emu.seed(workload_seed())
     emu.clear_requests()
@@ -150,5 +125,4 @@ def gpu_cloud_run(gpu_workload_emulator, monkeypatch, tmp_path):
     monkeypatch.setenv("GPUOPS_CLOUD_RUN_API", emu.url)
     monkeypatch.setenv("GPUOPS_STATE_DIR", str(tmp_path / "state"))
     yield emu
-    emu.reset()
     use_nvidia_smi_reading(emu.fake_smi_dir, "l4")

@@ -121,7 +121,7 @@ def test_job_tasks_get_cloud_run_env_secret_placeholders_and_the_extra_path(emu,
     exec_id = execution.name.rsplit("/", 1)[-1]
     for index in (0, 1):
         assert f"envs {exec_id} {index}/2 plain-value emulated-secret:hf-token:3 1" in text
-    assert text.count("fake nvidia-smi (gpuops test)") == 2
+    assert text.count("0, NVIDIA L4, 23034 MiB, 8.9") == 2  # the fake nvidia-smi came first on PATH
     assert text.index("0/2") < text.index("1/2")  # task by task, in index order
 
 
