@@ -189,10 +189,23 @@ def run_migration() -> dict:
     return result
 
 
+def run_cleanup_dry_run() -> None:
+    from flows.cleanup import cleanup
+    from gpuops import cloudrun
+
+    step("Phase 8-A  cleanup, dry run (不要リソース削除): deleting needs an approval naming each resource")
+    result = cleanup(PROJECT, REGION, SERVICE)
+    for item in result["items"]:
+        verdict = "could delete" if item["deletable"] else "keeps     "
+        say(f"   {verdict} {item['kind']:8} {cloudrun.short(item['name'])}  ({item['why_not'] or item['reason']})")
+    expect(result["dry_run"] and not result["deleted"], "the dry run deleted nothing")
+
+
 def report(prefect: PrefectServer, summary: dict) -> None:
     step("Where to look")
     say(f"   Prefect UI:     {prefect.ui_url}  (flow runs, artifacts)")
     say(f"   Artifacts:      migration-{SERVICE} (checklist and cost), canary-{SERVICE}, smoke-test-{SERVICE},")
+    say(f"                   cleanup-{SERVICE},")
     say(f"                   describe-{SERVICE}, env-{SERVICE}, create-jobs-plan-{SERVICE}, create-jobs-{SERVICE}")
     say(f"   Snapshot:       {summary['snapshot_path']}")
     say(f"   Server log:     {prefect.home / 'server.log'}")
@@ -213,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         run_smoke_test()
         run_failing_canary()
         run_migration()
+        run_cleanup_dry_run()
         report(prefect, summary)
         say("\nDemo finished: every step did what it says.")
         if args.keep:
@@ -226,9 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        from prefect.logging.handlers import APILogHandler
-
-        APILogHandler.flush()  # send the last flow-run logs before the server goes away
+        # Send the last flow-run logs before the server goes away.
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            for handler in logging.getLogger(name).handlers:
+                handler.flush()
         emulator.stop()
         prefect.stop()
 
