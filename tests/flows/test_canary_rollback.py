@@ -89,15 +89,15 @@ def test_an_inconclusive_window_holds_and_never_promotes(cr):
     assert split_of(cr)[stable] == 100
 
 
-def test_killing_the_canary_mid_way_then_rollback_restores_stable_and_twice_is_a_no_op(cr, emu, prefect_api):
-    stable = stable_of(cr)
+def kill_canary_at_first_step(cr, prefect_api) -> None:
+    """Start a canary in another process and kill it (SIGKILL) once it has set its first split."""
     code = (f"from flows.canary import canary_shift; canary_shift({P!r}, {R!r}, {S!r}, window_s=30, "
             "probe_requests=30, min_requests=5)")
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 90
+        deadline, state = time.monotonic() + 90, None
         while time.monotonic() < deadline:
             state = traffic.CanaryState.from_service(cloudrun.get_service(cr, NAME))
             if state and state.step >= 0:
@@ -107,11 +107,26 @@ def test_killing_the_canary_mid_way_then_rollback_restores_stable_and_twice_is_a
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_killing_the_canary_mid_way_then_rollback_restores_stable_and_twice_is_a_no_op(cr, emu, prefect_api):
+    stable = stable_of(cr)
+    kill_canary_at_first_step(cr, prefect_api)
     assert split_of(cr)[stable] == 80
     first = rollback(P, R, S)
     assert first["changed"] == [f"traffic: {stable} 80% -> 100%"]
     assert split_of(cr)[stable] == 100
     assert rollback(P, R, S)["changed"] == []
+
+
+def test_a_killed_canary_resumes_where_it_was_without_redeploying(cr, emu, prefect_api):
+    kill_canary_at_first_step(cr, prefect_api)
+    before = traffic.CanaryState.from_service(cloudrun.get_service(cr, NAME))
+    revisions = len(cloudrun.list_revisions(cr, NAME))
+    result = canary_shift(P, R, S, **FAST)
+    assert result["outcome"] == "promoted" and result["candidate"] == before.candidate
+    assert [h["percent"] for h in result["history"]] == [20, 80, 100]  # re-observes 20%, then goes on
+    assert len(cloudrun.list_revisions(cr, NAME)) == revisions
 
 
 def test_the_final_step_waits_for_an_approval_and_a_refusal_rolls_back(cr, prefect_api):
