@@ -11,9 +11,8 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.cloud_run import CloudRunTarget
 from flows.common import Target, connect, notify, resolve_target, where
-from gpuops import cloudrun, revision, state, traffic
+from gpuops import cloudrun, job_plan, revision, state, traffic
 from gpuops.errors import BadInput
-from gpuops.job_plan import resource_ids
 
 
 def now() -> str:
@@ -39,8 +38,10 @@ def restore_stable(cr: cloudrun.CloudRun, target: Target, reasons: tuple[str, ..
     if service is None:
         raise BadInput(f"service {target.service!r} not found: check --project, --region and --service.")
     stable, recorded = stable_revision(service, target)
-    already = traffic.serving_percent(service, stable) == 100
-    if already and (recorded is None or recorded.phase == traffic.ROLLED_BACK):
+    before = traffic.serving_percent(service, stable)
+    template = stable_template(cr, target, service, stable, recorded)
+    state_done = recorded is None or recorded.phase == traffic.ROLLED_BACK
+    if before == 100 and state_done and template is None:
         return []
     annotations = {}
     if recorded:
@@ -48,14 +49,30 @@ def restore_stable(cr: cloudrun.CloudRun, target: Target, reasons: tuple[str, ..
                          failed_checks=reasons or recorded.failed_checks)
         annotations[traffic.STATE_ANNOTATION] = rolled.to_annotation()
     targets = traffic.all_to(stable, service.get("traffic", []))
-    cloudrun.update_traffic(cr, target.service_name, targets, annotations)
-    before = traffic.serving_percent(service, stable)
-    return [f"traffic: {stable} {before}% -> 100%" if not already else f"canary state marked {traffic.ROLLED_BACK}"]
+    cloudrun.update_traffic(cr, target.service_name, targets, annotations, template=template)
+    changes = [f"traffic: {stable} {before}% -> 100%"] if before != 100 else []
+    if template is not None:
+        changes.append(f"template: back to the configuration of {stable} (the GPU one stays on {recorded.candidate})")
+    if not state_done:
+        changes.append(f"canary state marked {traffic.ROLLED_BACK}")
+    return changes
+
+
+def stable_template(cr, target: Target, service: dict, stable: str, recorded) -> dict | None:
+    """The stable revision's configuration, when the service's template is still the canary's.
+
+    Left as the GPU template, the next ordinary deploy would build on it and start GPU instances
+    nobody asked for. Restoring it makes a new revision like stable, with no traffic.
+    """
+    if recorded is None or (service.get("template") or {}).get("revision") != recorded.candidate:
+        return None
+    revision = cloudrun.get_revision(cr, f"{target.service_name}/revisions/{stable}")
+    return job_plan.template_from_revision(revision) if revision else None
 
 
 @task(name="cancel-gpu-executions", cache_policy=NO_CACHE)
 def cancel_running(cr: cloudrun.CloudRun, target: Target, prefix: Optional[str]) -> list[str]:
-    job = target.job_name(resource_ids(prefix or target.service)["gpu_job"])
+    job = target.job_name(job_plan.resource_ids(prefix or target.service)["gpu_job"])
     if cloudrun.get_job(cr, job) is None:
         return []
     running = [e for e in cloudrun.list_executions(cr, job) if not cloudrun.execution_finished(e)]

@@ -86,6 +86,23 @@ def gpu_template(template: dict, profile: dict, revision_name: str | None = None
     return out
 
 
+TEMPLATE_FIELDS = ("labels", "annotations", "scaling", "vpcAccess", "timeout", "serviceAccount", "containers",
+                   "volumes", "executionEnvironment", "encryptionKey", "maxInstanceRequestConcurrency",
+                   "serviceMesh", "encryptionKeyRevocationAction", "encryptionKeyShutdownDuration",
+                   "sessionAffinity", "healthCheckDisabled", "nodeSelector", "gpuZonalRedundancyDisabled")
+SYSTEM_KEYS = ("run.googleapis.com/", "serving.knative.dev/", "cloud.googleapis.com/", "client.knative.dev/",
+               "autoscaling.knative.dev/")
+
+
+def template_from_revision(revision: dict) -> dict:
+    """The revision template that would make this revision again (a new, auto-named one)."""
+    out = {k: copy.deepcopy(revision[k]) for k in TEMPLATE_FIELDS if k in revision}
+    for key in ("labels", "annotations"):  # the server's own keys are not the caller's to set
+        if key in out:
+            out[key] = {k: v for k, v in out[key].items() if not k.startswith(SYSTEM_KEYS)}
+    return out
+
+
 def _gpu_service(src, profile, service, revision) -> dict:
     container = _job_container(src["container"], {})
     for key in ("ports", "startupProbe", "livenessProbe"):

@@ -78,8 +78,10 @@ def test_a_revision_failing_its_gate_at_20_percent_is_rolled_back_within_one_win
     [history] = [d["history"] for d in failed.value.details]
     assert [(h["percent"], h["verdict"]) for h in history] == [(20, "fail")]
     assert split_of(cr)[stable] == 100 and sum(split_of(cr).values()) == 100
-    state = traffic.CanaryState.from_service(cloudrun.get_service(cr, NAME))
+    service = cloudrun.get_service(cr, NAME)
+    state = traffic.CanaryState.from_service(service)
     assert state.phase == traffic.ROLLED_BACK and "error rate" in state.failed_checks[0]
+    assert "nodeSelector" not in service["template"]
 
 
 def test_an_inconclusive_window_holds_and_never_promotes(cr):
@@ -114,8 +116,11 @@ def test_killing_the_canary_mid_way_then_rollback_restores_stable_and_twice_is_a
     kill_canary_at_first_step(cr, prefect_api)
     assert split_of(cr)[stable] == 80
     first = rollback(P, R, S)
-    assert first["changed"] == [f"traffic: {stable} 80% -> 100%"]
+    assert first["changed"][0] == f"traffic: {stable} 80% -> 100%"
+    assert first["changed"][1].startswith(f"template: back to the configuration of {stable}")
     assert split_of(cr)[stable] == 100
+    template = cloudrun.get_service(cr, NAME)["template"]
+    assert "nodeSelector" not in template  # the next ordinary deploy builds on stable, not on the GPU
     assert rollback(P, R, S)["changed"] == []
 
 
