@@ -19,7 +19,8 @@ from flows.common import Target, connect, notify, resolve_target, where
 from flows.rollback import now, restore_stable
 from gpuops import cloudrun, gpu_rules, job_plan, traffic
 from gpuops.errors import BadInput, CheckFailed
-from gpuops.probe_traffic import ProbeTraffic
+from gpuops.monitoring import CloudMonitoringRequests
+from gpuops.probe_traffic import MetricsSource, ProbeTraffic
 from gpuops.traffic import CanaryState, Gates
 
 
@@ -75,9 +76,25 @@ def tag_url(service: dict, tag: str) -> str:
     raise CheckFailed(f"the service reports no URL for tag {tag!r}: cannot observe the candidate.")
 
 
+METRICS = ("probe", "cloud-monitoring")
+
+
+def metrics_source(metrics: str, probe: ProbeTraffic, gates: Gates, target: Target, cr: cloudrun.CloudRun,
+                   credentials=None) -> MetricsSource:
+    """The probe's own figures, or Cloud Monitoring's for the candidate while the probe gives it traffic."""
+    if metrics == "probe":
+        return probe
+    if metrics == "cloud-monitoring":
+        # On the emulator, its Monitoring emulation (GPUOPS_MONITORING_API still wins inside the adapter).
+        endpoint = cr.endpoint if cr.is_emulator else None
+        return CloudMonitoringRequests(target.project, target.service, endpoint, credentials,
+                                       traffic=lambda url, seconds: probe.observe(url, seconds, gates))
+    raise BadInput(f"metrics {metrics!r} is not one of: {', '.join(METRICS)}.")
+
+
 @task(name="observe-window", cache_policy=NO_CACHE)
-def observe(url: str, source: ProbeTraffic, window_s: float, gates: Gates) -> traffic.Window:
-    return source.observe(url, window_s, gates)
+def observe(url: str, source: MetricsSource, window_s: float, gates: Gates, revision: str) -> traffic.Window:
+    return source.observe(url, window_s, gates, revision=revision)
 
 
 def ask_approval(state: CanaryState, timeout_s: int) -> CanaryApproval | None:
@@ -99,10 +116,17 @@ def history_markdown(target: Target, api: str, state: CanaryState, history: list
     return "\n".join([
         f"# Canary of `{target.service}`: {outcome}",
         f"API: {api}. Stable `{state.stable}`, candidate `{state.candidate}`, steps {list(state.steps)}.",
-        "Figures are measured from probe requests the flow sent to the candidate's tag URL.", "",
+        _figures_line(history), "",
         "| step | candidate share | requests | errors | p95 ms | verdict | why |", "|---|---|---|---|---|---|---|",
         *rows,
     ])
+
+
+def _figures_line(history: list[dict]) -> str:
+    if any(h["source"].startswith("Cloud Monitoring") for h in history):
+        return ("Figures are Cloud Monitoring's request_count and request_latencies of the candidate revision; "
+                "the flow sent probe requests to its tag URL so that it had traffic.")
+    return "Figures are measured from probe requests the flow sent to the candidate's tag URL."
 
 
 def _record(history: list[dict], state: CanaryState, window: traffic.Window, verdict: traffic.Verdict) -> None:
@@ -133,6 +157,7 @@ def canary_shift(
     approval_timeout_s: int = 3600,
     notify_block: Optional[str] = None,
     target: Optional[CloudRunTarget] = None,
+    metrics: str = "probe",
 ) -> dict:
     """Deploy the GPU configuration as a tagged 0% revision, then shift traffic step by step.
 
@@ -161,6 +186,11 @@ def canary_shift(
         approval_timeout_s: how long to wait for that approval; on timeout the split is held.
         notify_block: name of a Prefect notification block told about rollbacks, holds and promotion.
         target: a gpuops Cloud Run target block; explicit parameters win over its fields.
+        metrics: where a window's figures come from: "probe" (the probe requests' own answers) or
+            "cloud-monitoring" (Cloud Run's request_count and request_latencies of the candidate revision
+            over the window; probe requests are still sent to its tag URL so that it has traffic to measure).
+            On Google, Monitoring shows a minute's sample up to 3 minutes late: each window then waits
+            3 minutes more before its query; use window_s of 300 or more.
     """
     where_to, credentials = resolve_target(project, region, service, target)
     try:
@@ -173,11 +203,11 @@ def canary_shift(
         raise CheckFailed("GPU plan refused before any change:\n" + "\n".join(f"  - {v}" for v in check.violations),
                           [v.__dict__ for v in check.violations])
     gates = Gates(max_error_rate=max_error_rate, max_p95_ms=max_p95_ms, min_requests=min_requests)
-    source = ProbeTraffic(requests=probe_requests, path=probe_path, method=probe_method,
-                          body=probe_body if probe_body is not None else ProbeTraffic().body,
-                          stop_early=stop_window_early)
-
+    probe = ProbeTraffic(requests=probe_requests, path=probe_path, method=probe_method,
+                         body=probe_body if probe_body is not None else ProbeTraffic().body,
+                         stop_early=stop_window_early)
     cr = connect(where_to, credentials)
+    source = metrics_source(metrics, probe, gates, where_to, cr, credentials)
     current = cloudrun.get_service(cr, where_to.service_name)
     if current is None:
         raise BadInput(f"service {where_to.service!r} not found: check --project, --region and --service.")
@@ -215,7 +245,7 @@ def _walk(cr, target, state, source, gates, window_s, max_holds, approve_final, 
             service = set_split(cr, target, state)
         else:
             service = cloudrun.get_service(cr, target.service_name)
-        window = observe(tag_url(service, traffic.CANARY_TAG), source, window_s, gates)
+        window = observe(tag_url(service, traffic.CANARY_TAG), source, window_s, gates, state.candidate)
         verdict = traffic.judge(window, gates)
         _record(history, state, window, verdict)
         state, action = traffic.after_verdict(state, verdict, max_holds)

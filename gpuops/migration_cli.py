@@ -66,7 +66,7 @@ def _canary(args) -> dict:
 
     return canary_shift(*_target(args), steps=args.steps, gpu_profile=gpu_profile(args),
                         window_s=args.window_s, probe_requests=args.probe_requests,
-                        min_requests=args.min_requests, approve_final=args.approve_final)
+                        min_requests=args.min_requests, approve_final=args.approve_final, metrics=args.metrics)
 
 
 def _rollback(args) -> dict:
@@ -115,6 +115,9 @@ def register(subparsers) -> None:
     _canary_args(p)
     p.add_argument("--approve-final", action="store_true",
                    help="pause for an approval before the last traffic leaves the stable revision")
+    p.add_argument("--metrics", choices=["probe", "cloud-monitoring"], default="probe",
+                   help="judge windows on the probe requests (default) or on Cloud Monitoring's request "
+                        "metrics (on Google use --window-s 300 or more: Monitoring lags up to 3 min)")
     p.set_defaults(run=_canary)
 
     p = subparsers.add_parser("rollback", help="all traffic back to the stable revision (phase 8-B)")

@@ -13,12 +13,14 @@ from gpuops.traffic import Gates, Window
 class MetricsSource(Protocol):
     """Where a canary window's figures come from (probe traffic here; Cloud Monitoring on Google)."""
 
-    def observe(self, url: str, window_s: float, gates: Gates) -> Window: ...
+    def observe(self, url: str, window_s: float, gates: Gates, revision: str | None = None) -> Window:
+        """The candidate's figures over one window; `url` is its tag URL, `revision` its name."""
+        ...
 
 
 @dataclass
 class ProbeTraffic:
-    """Send `requests` requests spread over the window; a 5xx, a timeout or a refused connection is an error."""
+    """Send `requests` requests spread over the window; anything but a 2xx/3xx answer is an error."""
 
     requests: int = 30
     path: str = "/generate"
@@ -27,7 +29,8 @@ class ProbeTraffic:
     timeout_s: float = 30.0
     stop_early: bool = True  # end the window once its errors already break the limit
 
-    def observe(self, url: str, window_s: float, gates: Gates) -> Window:
+    def observe(self, url: str, window_s: float, gates: Gates, revision: str | None = None) -> Window:
+        # `revision` is not needed: the tag URL reaches the candidate alone.
         latencies, errors, sent, first_error_at = [], 0, 0, None
         interval = window_s / self.requests if self.requests else 0
         # Past this many errors the window can only fail: stop and say so at once.
@@ -55,7 +58,8 @@ class ProbeTraffic:
         try:
             response = client.request(self.method, url.rstrip("/") + self.path,
                                       json=self.body if self.method != "GET" else None)
-            ok = response.status_code < 500
+            # Our own known-good request: a 4xx (auth refused, route gone) is no more a pass than a 5xx.
+            ok = response.status_code < 400
         except httpx.HTTPError:
             ok = False
         return ok, (time.perf_counter() - start) * 1000

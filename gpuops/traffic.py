@@ -111,6 +111,7 @@ class Window:
     source: str = ""
     first_error_at: float | None = None  # epoch seconds: when the first failing answer came back
     ended_at: float | None = None  # epoch seconds: when the window closed
+    reported_p95_ms: float | None = None  # a p95 the source measured itself (Cloud Monitoring): no latencies_ms
 
     @property
     def error_rate(self) -> float:
@@ -118,7 +119,7 @@ class Window:
 
     @property
     def p95_ms(self) -> float | None:
-        return percentile(self.latencies_ms, 95)
+        return percentile(self.latencies_ms, 95) if self.latencies_ms else self.reported_p95_ms
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from google.cloud import run_v2
 from .cloudrun_common import HTTP_STATUS_NAMES, ApiError, Name, invalid, parse_body
 from .cloudrun_jobs import ExecutionRunner, InstantSuccessRunner, JobStore
 from .cloudrun_ops import OperationStore
+from .monitoring import ServedRequests
 from .cloudrun_services import Context, ServiceStore, UriFn
 from .serving import RevisionProcesses
 from .workloads import ProcessRunner, ProcessTable, WorkloadEnv
@@ -138,6 +139,7 @@ class CloudRunState:
         self.services = ServiceStore(self.ctx)
         self.ops = OperationStore(self.lock, operation_polls_before_done)
         self.faults = FaultBook()
+        self.served = ServedRequests()  # what the router answered: the Monitoring emulation's data
         self.processes = ProcessTable()
         self.workload_options = options = workloads or WorkloadOptions()
         env = WorkloadEnv(list(options.extra_path), dict(options.extra_env))
@@ -161,7 +163,7 @@ class CloudRunState:
         self.jobs.runner = runner or self.default_runner()
 
     def reset(self, reseed: bool = True) -> None:
-        """Forget every resource, operation, fault and logged request; then re-apply the seed."""
+        """Forget every resource, operation, fault, logged and served request; then re-apply the seed."""
         with self.lock:
             self.services.reset()
             self.jobs.reset()
@@ -170,6 +172,7 @@ class CloudRunState:
         self.stop_workloads()
         self.faults.clear_faults()
         self.faults.clear_requests()
+        self.served.clear()
         if reseed:
             self.apply_initial_seed()
 

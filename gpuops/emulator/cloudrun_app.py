@@ -1,4 +1,4 @@
-"""HTTP layer of the Cloud Run emulator: v2 REST routes, control routes, faults and request log."""
+"""HTTP layer of the Cloud Run emulator: v2 REST routes, Monitoring v3 emulation, control routes, faults, log."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from .cloudrun_common import (
     parse_query,
     to_json_dict,
 )
+from . import monitoring
 from .cloudrun_ops import Probe, frozen
 from .router import Router, proxy
 
@@ -296,11 +297,17 @@ def handle_v2(state: CloudRunState, method: str, path: str, query: list, body: s
     """Apply fault injection around the dispatch and log the request."""
     alt = dict(query).get("$alt", "")
     call = Call(method, path[len("/v2/"):].split(":", 1)[0], query, body, "enum-encoding=int" in alt)
+    return _faulted(state, method, path, query, lambda: dispatch_v2(state, call, path))
+
+
+def _faulted(state: CloudRunState, method: str, path: str, query: list,
+             run: Callable[[], tuple[int, dict]]) -> tuple[int, dict]:
+    """Run one API request under fault injection, and log it."""
     fault = state.faults.take(method, path)
     if fault is not None and fault.mode == "before":
         status, payload = fault.error().code, fault.error().body()
     else:
-        status, payload = dispatch_v2(state, call, path)
+        status, payload = run()
         if fault is not None:
             # The write above happened; only its answer is lost.
             status, payload = fault.error().code, fault.error().body()
@@ -403,6 +410,8 @@ def build_app(state: CloudRunState, info: Callable[[], dict]) -> Starlette:
 def _route(state: CloudRunState, method: str, path: str, query: list, body: str, info) -> tuple[int, dict]:
     if path.startswith("/v2/"):
         return handle_v2(state, method, path, query, body)
+    if path.startswith("/v3/"):  # the Cloud Monitoring emulation, on the same base URL
+        return _faulted(state, method, path, query, lambda: monitoring.handle(state.served, method, path, query))
     if path == "/" or path.startswith("/emulator/v1"):
         return handle_control(state, method, path if path != "/" else "/emulator/v1", body, info())
     return 404, ApiError(404, f"{EMULATOR_LABEL}: nothing is served at {path}", "NOT_FOUND").body()

@@ -122,6 +122,7 @@ class CloudRunEmulator:
             "name": EMULATOR_LABEL,
             "emulator": "cloud-run",
             "api": "run.googleapis.com/v2 (REST)",
+            "monitoring": "monitoring.googleapis.com/v3 timeSeries.list, Cloud Run request metrics (subset)",
             "url": self.url if self.port is not None else None,
             "operation_polls_before_done": self.state.ops.polls_before_done,
             "run_workloads": self.state.workload_options.run_workloads,

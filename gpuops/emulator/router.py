@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import httpx
@@ -12,6 +13,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from .cloudrun import EMULATOR_LABEL, CloudRunState
 from .cloudrun_common import Name
+from .monitoring import Served
 from .serving import EXITED, FAILED_TO_START, NOT_STARTED, READY, STARTING
 
 REVISION_HEADER = "X-Gpuops-Revision"
@@ -90,6 +92,13 @@ class Router:
         }[instance.state]
         raise RouteError(503, why, revision)
 
+    def record(self, project: str, location: str, host: str, revision: str, status: int,
+               started: float) -> None:
+        """Note a served request, as Cloud Run reports it to Cloud Monitoring (request count, latency)."""
+        service_id = host.partition("---")[2] if "---" in host else host
+        latency_ms = (time.perf_counter() - started) * 1000
+        self.state.served.add(Served(time.time(), project, location, service_id, revision, status, latency_ms))
+
     def _pick(self, service: str, tag: str) -> str:
         with self.state.lock:
             svc = self.state.services.services.get(service)
@@ -116,12 +125,22 @@ def _forward_headers(request: Request) -> list[tuple[str, str]]:
 
 
 async def proxy(router: Router, request: Request) -> Response:
-    """The /emulated/... endpoint: resolve in a worker thread (it may wait), then forward with httpx."""
+    """The /emulated/... endpoint: forward, then record what the revision answered (for Monitoring)."""
+    started = time.perf_counter()
     # The raw path, so an encoded character in the remainder (%2F) reaches the app unchanged.
     path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
     parts = path.split("/", 5)  # "", "emulated", project, location, host, rest
     if len(parts) < 5 or not all(parts[2:5]):
         return _error(404, f"{EMULATOR_LABEL}: expected /emulated/PROJECT/LOCATION/SERVICE/...")
+    response = await _forward(router, request, parts)
+    revision = (response.headers.getlist(REVISION_HEADER) or [""])[-1]  # ours comes last
+    if revision:  # a request no revision took (no such service or tag) reaches no revision's metrics
+        router.record(parts[2], parts[3], parts[4], revision, response.status_code, started)
+    return response
+
+
+async def _forward(router: Router, request: Request, parts: list[str]) -> Response:
+    """Resolve in a worker thread (it may wait for a cold start), then forward with httpx."""
     try:
         target = await run_in_threadpool(router.resolve, parts[2], parts[3], parts[4])
     except RouteError as exc:

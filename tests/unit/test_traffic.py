@@ -44,6 +44,12 @@ def test_gate_verdicts():
     assert traffic.judge(few, GATES).outcome == "inconclusive"
 
 
+def test_a_p95_reported_by_the_source_is_judged_when_there_are_no_latencies():
+    reported = Window(requests=20, errors=0, reported_p95_ms=2500.0)
+    assert reported.p95_ms == 2500.0 and traffic.judge(reported, GATES).outcome == "fail"
+    assert Window(requests=20, errors=0, latencies_ms=(10.0,), reported_p95_ms=2500.0).p95_ms == 10.0
+
+
 def test_few_requests_that_all_fail_is_still_a_failure():
     assert traffic.judge(Window(requests=3, errors=3), GATES).outcome == "fail"
 
