@@ -62,7 +62,7 @@ def apply_resource(cr: cloudrun.CloudRun, target: Target, item: dict) -> dict:
 
 
 def dry_run_markdown(plan: dict, check: gpu_rules.PlanCheck, api: str) -> str:
-    parts = [f"# create-jobs dry run (nothing changed)", f"API: {api}", ""]
+    parts = ["# create-jobs dry run (nothing changed)", f"API: {api}", ""]
     for warning in check.warnings:
         parts.append(f"- warning: {warning}")
     for role, item in plan.items():

@@ -22,14 +22,18 @@ def cloudrun_emulator():
         yield emulator
 
 
+def emptied(emulator):
+    """The emulator emptied before and after a test: resources, faults, log, runner, processes."""
+    emulator.reset()
+    emulator.runner = None
+    yield emulator
+    emulator.runner = None
+    emulator.reset()
+
+
 @pytest.fixture
 def fresh_cloudrun_emulator(cloudrun_emulator):
-    """The session emulator, emptied before and after the test (resources, faults, log, runner)."""
-    cloudrun_emulator.reset()
-    cloudrun_emulator.runner = None
-    yield cloudrun_emulator
-    cloudrun_emulator.runner = None
-    cloudrun_emulator.reset()
+    yield from emptied(cloudrun_emulator)
 
 
 @pytest.fixture(scope="session")
@@ -103,12 +107,7 @@ def workload_emulator(tmp_path_factory):
 
 @pytest.fixture
 def fresh_workload_emulator(workload_emulator):
-    """The workload emulator emptied (and every process stopped) before and after the test."""
-    workload_emulator.reset()
-    workload_emulator.runner = None
-    yield workload_emulator
-    workload_emulator.runner = None
-    workload_emulator.reset()
+    yield from emptied(workload_emulator)
 
 
 @pytest.fixture
@@ -126,3 +125,18 @@ def gpu_cloud_run(fresh_workload_emulator, monkeypatch, tmp_path):
     monkeypatch.setenv("GPUOPS_STATE_DIR", str(tmp_path / "state"))
     yield emu
     use_nvidia_smi_reading(emu.fake_smi_dir, "l4")
+
+
+@pytest.fixture
+def artifact_text(prefect_api):
+    """Read every artifact with a key from the Prefect server, as one JSON text to search."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    def read(key: str) -> str:
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        assert found, f"no artifact {key}"
+        return json.dumps([a.data for a in found], default=str)
+
+    return read

@@ -2,7 +2,6 @@
 import json
 
 import pytest
-from prefect.client.orchestration import get_client
 
 from blocks.cloud_run import GpuProfile
 from flows.create_jobs import create_jobs
@@ -19,20 +18,11 @@ def emu(prefect_api, seeded_cloud_run):
     return seeded_cloud_run
 
 
-def artifact_text(key: str) -> str:
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    assert found, f"no artifact {key}"
-    return json.dumps([a.data for a in found], default=str)
-
-
 def writes(emu):
     return [r for r in emu.requests() if r.method in ("POST", "PATCH", "DELETE")]
 
 
-def test_describe_reports_six_names_the_plaintext_secret_and_no_value(emu):
+def test_describe_reports_six_names_the_plaintext_secret_and_no_value(emu, artifact_text):
     summary = describe_revision(P, R, S)
     assert summary["env_names"] == [
         "API_KEY", "GCP_BUCKET_NAME", "STORAGE_PATH", "GUNICORN_TIMEOUT", "GUNICORN_WORKERS", "GCP_SA_CREDENTIALS"]

@@ -1,8 +1,6 @@
 """gpu-smoke-test on a real Prefect server and the emulator running the sample app and the real probe."""
-import json
 
 import pytest
-from prefect.client.orchestration import get_client
 
 from flows.create_jobs import create_jobs
 from flows.smoke_test import gpu_smoke_test
@@ -20,20 +18,11 @@ def emu(prefect_api, gpu_cloud_run):
     return gpu_cloud_run
 
 
-def artifact_text(key: str) -> str:
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    assert found, f"no artifact {key}"
-    return json.dumps([a.data for a in found], default=str)
-
-
 def by_name(checks: list[dict]) -> dict:
     return {c["check"]: c for c in checks}
 
 
-def test_a_healthy_gpu_passes_with_the_probe_emulation_named_and_a_cpu_gpu_table(emu):
+def test_a_healthy_gpu_passes_with_the_probe_emulation_named_and_a_cpu_gpu_table(emu, artifact_text):
     result = gpu_smoke_test(P, R, S, **QUICK)
     checks = by_name(result["checks"])
     assert result["passed"] and result["failed"] == []
@@ -50,7 +39,7 @@ def test_a_healthy_gpu_passes_with_the_probe_emulation_named_and_a_cpu_gpu_table
     assert "GPU" in artifact_text(f"smoke-latency-{S}")
 
 
-def test_health_passing_while_generation_fails_is_a_failed_smoke_test(emu):
+def test_health_passing_while_generation_fails_is_a_failed_smoke_test(emu, artifact_text):
     cr = cloudrun.connect()
     name = cloudrun.service_name(P, R, f"{S}-gpu")
     service = cloudrun.get_service(cr, name)
