@@ -46,7 +46,7 @@ def single_serving_revision(service: dict) -> str:
     return cloudrun.short(revision)
 
 
-@task(name="deploy-candidate", cache_policy=NO_CACHE)
+@task(name="deploy-candidate", cache_policy=NO_CACHE, persist_result=False)
 def deploy_candidate(cr: cloudrun.CloudRun, target: Target, service: dict, profile: dict,
                      steps: tuple[int, ...]) -> CanaryState:
     """The GPU template as a new revision with 0% and a tag; the state written in the same update."""
@@ -61,7 +61,8 @@ def deploy_candidate(cr: cloudrun.CloudRun, target: Target, service: dict, profi
     return state
 
 
-@task(name="set-split", cache_policy=NO_CACHE)
+# Tasks that hold a service dict never persist it: it carries plaintext env values.
+@task(name="set-split", cache_policy=NO_CACHE, persist_result=False)
 def set_split(cr: cloudrun.CloudRun, target: Target, state: CanaryState) -> dict:
     state = replace(state, updated=now())
     return cloudrun.update_traffic(cr, target.service_name,

@@ -31,7 +31,7 @@ def stable_revision(service: dict, target: Target) -> tuple[str, traffic.CanaryS
                    "revision is stable. Run `gpuops describe` first, or set traffic by hand.")
 
 
-@task(name="restore-stable-traffic", cache_policy=NO_CACHE)
+@task(name="restore-stable-traffic", cache_policy=NO_CACHE, persist_result=False)
 def restore_stable(cr: cloudrun.CloudRun, target: Target, reasons: tuple[str, ...] = ()) -> list[str]:
     """100% to stable and the state marked rolled back; nothing is written when that already holds."""
     service = cloudrun.get_service(cr, target.service_name)
