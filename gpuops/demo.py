@@ -240,12 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        # Send the last flow-run logs before the server goes away.
-        for name in ("prefect.flow_runs", "prefect.task_runs"):
-            for handler in logging.getLogger(name).handlers:
-                handler.flush()
-        emulator.stop()
-        prefect.stop()
+        try:  # send the last flow-run logs before the server goes away
+            for name in ("prefect.flow_runs", "prefect.task_runs"):
+                for handler in logging.getLogger(name).handlers:
+                    handler.flush()
+        finally:  # whatever happened, leave no server or workload process behind
+            emulator.stop()
+            prefect.stop()
 
 
 if __name__ == "__main__":
