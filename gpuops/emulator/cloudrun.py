@@ -16,7 +16,8 @@ from .cloudrun_common import HTTP_STATUS_NAMES, ApiError, Name, invalid, parse_b
 from .cloudrun_jobs import ExecutionRunner, InstantSuccessRunner, JobStore
 from .cloudrun_ops import OperationStore
 from .monitoring import ServedRequests
-from .cloudrun_services import Context, ServiceStore, UriFn
+from .cloudrun_services import ServiceStore
+from .cloudrun_store import Context, UriFn
 from .serving import RevisionProcesses
 from .workloads import ProcessRunner, ProcessTable, WorkloadEnv
 
@@ -232,8 +233,7 @@ class CloudRunState:
         if not body.name:
             raise invalid("seed: every resource needs its full name (projects/P/locations/L/...)")
         parsed = Name.parse(body.name)
-        exists = body.name in (store.services if isinstance(store, ServiceStore) else store.jobs)
-        if exists:
+        if store.exists(body.name):
             store.update(body)
         else:
             store.create(parsed.parent, parsed.id, body)

@@ -91,7 +91,7 @@ def update_service(state: CloudRunState, call: Call) -> Message:
     body = parse_body(call.body, run_v2.Service)
     body.name = call.name  # the path names the service, whatever the body says
     mask = req.update_mask if req.HasField("update_mask") else None
-    svc = state.services.update(body, mask, req.allow_missing, req.validate_only)
+    svc = state.services.update(body, req.allow_missing, req.validate_only, mask=mask)
     return _service_operation(state, call, svc, req.validate_only)
 
 

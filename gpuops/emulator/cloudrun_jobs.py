@@ -16,8 +16,6 @@ from .cloudrun_common import (
     RPC_CODES,
     Name,
     aborted_etag,
-    already_exists,
-    check_id,
     check_namespaces,
     clone,
     condition,
@@ -31,7 +29,8 @@ from .cloudrun_common import (
     parent_matches,
     random_suffix,
 )
-from .cloudrun_services import Context, check_containers
+from .cloudrun_services import check_containers
+from .cloudrun_store import Context, TopLevelStore
 
 JobPb = run_v2.Job.pb()
 ExecutionPb = run_v2.Execution.pb()
@@ -116,8 +115,10 @@ def _set_env(container: Message, env: Message) -> None:
     container.env.add().CopyFrom(env)
 
 
-class JobStore:
+class JobStore(TopLevelStore):
     """Jobs, their executions and tasks; every public method runs under the shared lock."""
+
+    KIND, COLLECTION, ID_RE = "job", "jobs", JOB_ID_RE
 
     def __init__(self, ctx: Context, runner: ExecutionRunner | None = None):
         self.ctx = ctx
@@ -134,43 +135,13 @@ class JobStore:
 
     # ------------------------------------------------------------ jobs
 
-    def create(self, parent: str, job_id: str, body: Message, validate_only: bool = False) -> Message:
-        with self.ctx.lock:
-            check_id(job_id, JOB_ID_RE, "job_id")
-            name = f"{parent}/jobs/{job_id}"
-            if body.name and body.name != name:
-                raise invalid(f"job.name '{body.name}' does not match '{name}'")
-            if name in self.jobs:
-                raise already_exists(name)
-            check_namespaces("job.annotations", body.annotations)
-            return self._write(name, body, None, validate_only)
-
-    def update(self, body: Message, allow_missing: bool = False, validate_only: bool = False) -> Message:
-        with self.ctx.lock:
-            parsed = Name.parse(body.name)
-            old = self.jobs.get(body.name)
-            if old is None:
-                if not allow_missing:
-                    raise not_found(body.name)
-                return self.create(parsed.parent, parsed.id, body, validate_only)
-            if body.etag and body.etag != old.etag:
-                raise aborted_etag(body.name)
-            return self._write(body.name, body, old, validate_only)
-
-    def get(self, name: str) -> Message:
-        with self.ctx.lock:
-            if name not in self.jobs:
-                raise not_found(name)
-            return clone(self.jobs[name])
-
-    def list(self, parent: str, page_size: int = 0, page_token: str = "") -> tuple[list, str]:
-        return self._list(self.jobs, parent, page_size, page_token)
+    @property
+    def table(self) -> dict[str, Message]:
+        return self.jobs
 
     def delete(self, name: str, etag: str = "", validate_only: bool = False) -> Message:
         with self.ctx.lock:
-            job = self.get(name)
-            if etag and etag != job.etag:
-                raise aborted_etag(name)
+            job = self._checked(name, etag)
             if validate_only:
                 return job
             running = [e for e in self._children(self.executions, name) if self._running(e)]
@@ -349,13 +320,10 @@ class JobStore:
     # ------------------------------------------------------------ executions and tasks
 
     def get_execution(self, name: str) -> Message:
-        with self.ctx.lock:
-            if name not in self.executions:
-                raise not_found(name)
-            return clone(self.executions[name])
+        return self._lookup(self.executions, name)
 
     def list_executions(self, parent: str, page_size: int = 0, page_token: str = "") -> tuple[list, str]:
-        return self._list(self.executions, parent, page_size, page_token, newest_first=True)
+        return self._page(self.executions, parent, page_size, page_token, newest_first=True)
 
     def execution_probe(self, name: str, fallback: Message):
         """Operation probe for :run/:cancel: live execution status until the execution ends."""
@@ -426,10 +394,7 @@ class JobStore:
         return execution
 
     def get_task(self, name: str) -> Message:
-        with self.ctx.lock:
-            if name not in self.tasks:
-                raise not_found(name)
-            return clone(self.tasks[name])
+        return self._lookup(self.tasks, name)
 
     def list_tasks(self, parent: str, page_size: int = 0, page_token: str = "") -> tuple[list, str]:
         with self.ctx.lock:
@@ -441,17 +406,6 @@ class JobStore:
             return [clone(self.tasks[n]) for n in page], token
 
     # ------------------------------------------------------------ helpers
-
-    def _list(self, table: dict, parent: str, page_size: int, page_token: str,
-              newest_first: bool = False) -> tuple[list, str]:
-        with self.ctx.lock:
-            names = [n for n in table if parent_matches(parent, Name.parse(n).parent)]
-            if newest_first:
-                names.sort(key=lambda n: (table[n].create_time.ToNanoseconds(), n), reverse=True)
-            else:
-                names.sort()
-            page, token = paginate(names, page_size, page_token)
-            return [clone(table[n]) for n in page], token
 
     @staticmethod
     def _children(table: dict, parent: str) -> list[str]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
-from typing import Callable
 
 from google.cloud import run_v2
 from google.protobuf import field_mask_pb2
@@ -18,7 +15,6 @@ from .cloudrun_common import (
     Name,
     aborted_etag,
     already_exists,
-    check_id,
     check_namespaces,
     clone,
     condition,
@@ -27,12 +23,10 @@ from .cloudrun_common import (
     invalid,
     make_etag,
     new_uid,
-    not_found,
     now,
-    paginate,
-    parent_matches,
     random_suffix,
 )
+from .cloudrun_store import Context, TopLevelStore
 
 ServicePb = run_v2.Service.pb()
 RevisionPb = run_v2.Revision.pb()
@@ -47,20 +41,6 @@ SERVICE_OUTPUT_FIELDS = (
     "latest_ready_revision", "latest_created_revision", "traffic_statuses", "uri", "urls",
     "satisfies_pzs", "reconciling",
 )
-
-# Builds the http URL a service (or one of its tags) is reachable at.
-UriFn = Callable[[Name, "str | None"], str]
-
-
-@dataclass
-class Context:
-    """What the stores share: the lock, the caller identity and how URLs are made."""
-
-    lock: threading.RLock
-    uri_for: UriFn
-    creator: str = "emulator-user@gpuops.invalid"
-    extra: dict = field(default_factory=dict)
-
 
 def template_key(template: Message) -> Message:
     """The part of a template that decides whether a new revision is needed."""
@@ -90,8 +70,10 @@ def check_containers(containers, where: str) -> None:
             raise invalid(f"{where}.containers[{index}].image: must be set")
 
 
-class ServiceStore:
+class ServiceStore(TopLevelStore):
     """Services and their revisions; every public method runs under the shared lock."""
+
+    KIND, COLLECTION, ID_RE = "service", "services", SERVICE_ID_RE
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
@@ -109,50 +91,16 @@ class ServiceStore:
 
     # ------------------------------------------------------------ services
 
-    def create(self, parent: str, service_id: str, body: Message, validate_only: bool = False) -> Message:
-        with self.ctx.lock:
-            check_id(service_id, SERVICE_ID_RE, "service_id")
-            name = f"{parent}/services/{service_id}"
-            if body.name and body.name != name:
-                raise invalid(f"service.name '{body.name}' does not match '{name}'")
-            if name in self.services:
-                raise already_exists(name)
-            check_namespaces("service.annotations", body.annotations)
-            return self._write(name, body, None, validate_only)
-
-    def update(self, body: Message, mask: field_mask_pb2.FieldMask | None = None,
-               allow_missing: bool = False, validate_only: bool = False) -> Message:
-        with self.ctx.lock:
-            name = body.name
-            Name.parse(name)
-            old = self.services.get(name)
-            if old is None:
-                if not allow_missing:
-                    raise not_found(name)
-                return self.create(Name.parse(name).parent, Name.parse(name).id, body, validate_only)
-            if body.etag and body.etag != old.etag:
-                raise aborted_etag(name)
-            if mask is not None and mask.paths:
-                body = self._masked(old, body, mask)
-            return self._write(name, body, old, validate_only)
-
-    def get(self, name: str) -> Message:
-        with self.ctx.lock:
-            if name not in self.services:
-                raise not_found(name)
-            return clone(self.services[name])
+    @property
+    def table(self) -> dict[str, Message]:
+        return self.services
 
     def list(self, parent: str, page_size: int = 0, page_token: str = "") -> tuple[list, str]:
-        with self.ctx.lock:
-            names = sorted(n for n in self.services if parent_matches(parent, Name.parse(n).parent))
-            page, token = paginate(names, page_size, page_token)
-            return [clone(self.services[n]) for n in page], token
+        return self._page(self.services, parent, page_size, page_token)
 
     def delete(self, name: str, etag: str = "", validate_only: bool = False) -> Message:
         with self.ctx.lock:
-            svc = self.get(name)
-            if etag and etag != svc.etag:
-                raise aborted_etag(name)
+            svc = self._checked(name, etag)
             if validate_only:
                 return svc
             del self.services[name]
@@ -162,7 +110,7 @@ class ServiceStore:
             svc.delete_time.CopyFrom(now())
             return svc
 
-    def _masked(self, old: Message, body: Message, mask: field_mask_pb2.FieldMask) -> Message:
+    def _merge_masked(self, old: Message, body: Message, mask: field_mask_pb2.FieldMask) -> Message:
         if not mask.IsValidForDescriptor(ServicePb.DESCRIPTOR):
             raise invalid(f"update_mask has an unknown path: {list(mask.paths)}")
         merged = clone(old)
@@ -281,20 +229,10 @@ class ServiceStore:
         self._counters[service] = self._counters.get(service, 0) + 1
 
     def get_revision(self, name: str) -> Message:
-        with self.ctx.lock:
-            if name not in self.revisions:
-                raise not_found(name)
-            return clone(self.revisions[name])
+        return self._lookup(self.revisions, name)
 
     def list_revisions(self, parent: str, page_size: int = 0, page_token: str = "") -> tuple[list, str]:
-        with self.ctx.lock:
-            names = sorted(
-                (n for n in self.revisions if parent_matches(parent, Name.parse(n).parent)),
-                key=lambda n: (self.revisions[n].create_time.ToNanoseconds(), n),
-                reverse=True,  # newest first, as Google lists them
-            )
-            page, token = paginate(names, page_size, page_token)
-            return [clone(self.revisions[n]) for n in page], token
+        return self._page(self.revisions, parent, page_size, page_token, newest_first=True)
 
     def delete_revision(self, name: str, etag: str = "", validate_only: bool = False) -> Message:
         with self.ctx.lock:
