@@ -46,13 +46,12 @@ class Watcher(threading.Thread):
 def one_run(emulator, stop_early: bool, window_s: float = 5.0, requests: int = 20) -> dict:
     from flows.canary import canary_shift
     from gpuops import cloudrun
-    from gpuops.demo import release
-    from gpuops.demo_seed import workload_seed
+    from gpuops.demo_seed import release, workload_seed
     from gpuops.errors import CheckFailed
 
     emulator.reset(reseed=False)
     emulator.seed(workload_seed())
-    release(bad=True)
+    release(P, R, S, bad=True)
     service = cloudrun.get_service(cloudrun.connect(), cloudrun.service_name(P, R, S))
     watcher = Watcher(service["uri"])
     watcher.start()

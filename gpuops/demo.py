@@ -127,22 +127,9 @@ def run_smoke_test() -> dict:
 
 
 def release(bad: bool) -> None:
-    """Stand-in for a new release of the service: its template changes, stable keeps 100%."""
-    from gpuops import cloudrun, traffic
+    from gpuops.demo_seed import release as new_release
 
-    cr = cloudrun.connect()
-    name = cloudrun.service_name(PROJECT, REGION, SERVICE)
-    service = cloudrun.get_service(cr, name)
-    stable = traffic.CanaryState.from_service(service)
-    stable = stable.stable if stable else cloudrun.short(service["latestReadyRevision"])
-    template = cloudrun.get_revision(cr, f"{name}/revisions/{stable}")
-    body = {k: template[k] for k in ("containers", "serviceAccount", "executionEnvironment", "timeout",
-                                     "scaling", "maxInstanceRequestConcurrency") if k in template}
-    if bad:
-        body["containers"][0]["env"].append({"name": "SAMPLE_APP_FAIL", "value": "generate"})
-    body["labels"] = {"release": "bad" if bad else "fixed"}
-    cloudrun.update_traffic(cr, name, [{"type": traffic.REVISION_TYPE, "revision": stable, "percent": 100}],
-                            template=body)
+    new_release(PROJECT, REGION, SERVICE, bad)
 
 
 def run_failing_canary() -> None:

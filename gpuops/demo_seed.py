@@ -24,3 +24,26 @@ def runbook_service_seed(python: str | None = None) -> dict:
 
 def workload_seed() -> dict:
     return runbook_service_seed(sys.executable)
+
+
+def release(project: str, region: str, service: str, bad: bool) -> None:
+    """A new release of the seeded service: its template changes while stable keeps 100%.
+
+    A bad release's `/generate` answers 500 (`SAMPLE_APP_FAIL=generate`) while its health check
+    passes: what a canary must catch.
+    """
+    from gpuops import cloudrun, job_plan, traffic
+
+    cr = cloudrun.connect()
+    name = cloudrun.service_name(project, region, service)
+    current = cloudrun.get_service(cr, name)
+    state = traffic.CanaryState.from_service(current)
+    stable = state.stable if state else cloudrun.short(current["latestReadyRevision"])
+    template = job_plan.template_from_revision(cloudrun.get_revision(cr, f"{name}/revisions/{stable}"))
+    env = [e for e in template["containers"][0].get("env", []) if e["name"] != "SAMPLE_APP_FAIL"]
+    if bad:
+        env.append({"name": "SAMPLE_APP_FAIL", "value": "generate"})
+    template["containers"][0]["env"] = env
+    template["labels"] = {**template.get("labels", {}), "release": "bad" if bad else "fixed"}
+    cloudrun.update_traffic(cr, name, [{"type": traffic.REVISION_TYPE, "revision": stable, "percent": 100}],
+                            template=template)

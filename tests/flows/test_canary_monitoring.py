@@ -5,7 +5,8 @@ from flows.canary import canary_shift
 from gpuops import cloudrun, traffic
 from gpuops.errors import BadInput, CheckFailed
 
-from test_canary_rollback import FAST, NAME, P, R, S, break_next_revision, split_of, stable_of
+from canary_helpers import (FAST, NAME, P, R, S, assert_rolled_back_at_first_step, break_next_revision, split_of,
+                            stable_of)
 
 MONITORED = {**FAST, "metrics": "cloud-monitoring"}
 
@@ -39,12 +40,8 @@ def test_a_bad_release_is_rolled_back_at_20_percent_on_monitoring_figures(cr):
     break_next_revision(cr, stable)
     with pytest.raises(CheckFailed, match="rolled back") as failed:
         canary_shift(P, R, S, **MONITORED)
-    [history] = [d["history"] for d in failed.value.details]
-    assert [(h["percent"], h["verdict"]) for h in history] == [(20, "fail")]
+    history = assert_rolled_back_at_first_step(cr, failed, stable)
     assert history[0]["source"].startswith("Cloud Monitoring") and history[0]["errors"] >= 1
-    assert split_of(cr)[stable] == 100
-    state = traffic.CanaryState.from_service(cloudrun.get_service(cr, NAME))
-    assert state.phase == traffic.ROLLED_BACK and "error rate" in state.failed_checks[0]
 
 
 def test_an_unknown_metrics_source_is_refused_before_any_change(cr, gpu_cloud_run):

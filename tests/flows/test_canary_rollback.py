@@ -17,8 +17,8 @@ from flows.rollback import rollback
 from gpuops import cloudrun, traffic
 from gpuops.errors import CheckFailed
 
-P, R, S = "nca-toolkit-438301", "us-central1", "no-code-architects-toolkit"
-FAST = dict(window_s=0.3, probe_requests=8, min_requests=5, probe_body={"prompt": "t", "steps": 50})
+from canary_helpers import (FAST, NAME, P, R, S, assert_rolled_back_at_first_step, break_next_revision,
+                            split_of, stable_of)
 
 
 @pytest.fixture
@@ -29,28 +29,6 @@ def emu(prefect_api, gpu_cloud_run):
 @pytest.fixture
 def cr(emu):
     return cloudrun.connect()
-
-
-NAME = cloudrun.service_name(P, R, S)
-
-
-def stable_of(cr) -> str:
-    return cloudrun.short(cloudrun.get_service(cr, NAME)["latestReadyRevision"])
-
-
-def break_next_revision(cr, stable: str) -> None:
-    """A new template (its /generate answers 500) while stable keeps 100%: what a bad release looks like."""
-    service = cloudrun.get_service(cr, NAME)
-    template = service["template"]
-    container = template["containers"][0]
-    container["env"] = [*container["env"], {"name": "SAMPLE_APP_FAIL", "value": "generate"}]
-    cloudrun.update_traffic(cr, NAME, [{"type": traffic.REVISION_TYPE, "revision": stable, "percent": 100}],
-                            template=template)
-
-
-def split_of(cr) -> dict:
-    service = cloudrun.get_service(cr, NAME)
-    return {cloudrun.short(t["revision"]): t.get("percent", 0) for t in service["traffic"] if t.get("revision")}
 
 
 def test_a_healthy_canary_ends_with_all_traffic_on_the_gpu_revision(cr):
@@ -75,13 +53,7 @@ def test_a_revision_failing_its_gate_at_20_percent_is_rolled_back_within_one_win
     break_next_revision(cr, stable)
     with pytest.raises(CheckFailed, match="rolled back") as failed:
         canary_shift(P, R, S, **FAST)
-    [history] = [d["history"] for d in failed.value.details]
-    assert [(h["percent"], h["verdict"]) for h in history] == [(20, "fail")]
-    assert split_of(cr)[stable] == 100 and sum(split_of(cr).values()) == 100
-    service = cloudrun.get_service(cr, NAME)
-    state = traffic.CanaryState.from_service(service)
-    assert state.phase == traffic.ROLLED_BACK and "error rate" in state.failed_checks[0]
-    assert "nodeSelector" not in service["template"]
+    assert_rolled_back_at_first_step(cr, failed, stable)
 
 
 def test_an_inconclusive_window_holds_and_never_promotes(cr):
