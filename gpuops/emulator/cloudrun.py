@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-import re
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
 from google.cloud import run_v2
 
-from .cloudrun_common import HTTP_STATUS_NAMES, ApiError, Name, invalid, parse_body
+from .cloudrun_common import Name, check_json_type, invalid, parse_body, to_json_dict
+# Fault, FaultBook, LoggedRequest and FAULT_MODES lived here first; importers still find them here.
+from .cloudrun_faults import FAULT_MODES, Fault, FaultBook, LoggedRequest, race_target, raced_document
 from .cloudrun_jobs import ExecutionRunner, InstantSuccessRunner, JobStore
 from .cloudrun_ops import OperationStore
 from .monitoring import ServedRequests
@@ -22,101 +22,11 @@ from .serving import RevisionProcesses
 from .workloads import ProcessRunner, ProcessTable, WorkloadEnv
 
 EMULATOR_LABEL = "gpuops local Cloud Run Admin API v2 emulator \u2014 not Google"
-FAULT_MODES = ("before", "after")
 
 SeedSource = Union[dict, str, Path, None]
 
-
-@dataclass
-class Fault:
-    """An injected error: matches a method and a path regex, fires `times` times.
-
-    mode "before" answers the error without touching state; mode "after" applies the request
-    first and then answers the error, like a response lost on the way back to the client.
-    """
-
-    method: str = "*"
-    path: str = ".*"
-    status: int = 503
-    times: int = 1
-    mode: str = "before"
-    message: str = ""
-    id: int = 0
-    fired: int = 0
-
-    def __post_init__(self) -> None:
-        if self.mode not in FAULT_MODES:
-            raise invalid(f"fault mode must be one of {FAULT_MODES}, got '{self.mode}'")
-        if self.times < 1:
-            raise invalid("fault times must be at least 1")
-        self.method = self.method.upper()
-        self._regex = re.compile(self.path)
-
-    def matches(self, method: str, path: str) -> bool:
-        return self.method in ("*", method.upper()) and self._regex.search(path) is not None
-
-    def error(self) -> ApiError:
-        status_name = HTTP_STATUS_NAMES.get(self.status, "UNKNOWN")
-        message = self.message or f"Injected fault ({self.mode}): {status_name}"
-        return ApiError(self.status, message, status_name)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
-
-
-@dataclass
-class LoggedRequest:
-    method: str
-    path: str
-    query: str
-    status: int
-    fault: str | None = None
-
-
-@dataclass
-class FaultBook:
-    """Injected faults and the log of API requests; both have their own lock."""
-
-    faults: list[Fault] = field(default_factory=list)
-    log: list[LoggedRequest] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _ids: Any = field(default_factory=lambda: itertools.count(1))
-
-    def add(self, **spec: Any) -> Fault:
-        fault = Fault(**{k: v for k, v in spec.items() if k not in ("id", "fired")})
-        with self._lock:
-            fault.id = next(self._ids)
-            self.faults.append(fault)
-        return fault
-
-    def take(self, method: str, path: str) -> Fault | None:
-        """The first live fault matching the request, consumed by one firing."""
-        with self._lock:
-            for fault in self.faults:
-                if fault.fired < fault.times and fault.matches(method, path):
-                    fault.fired += 1
-                    return fault
-        return None
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self.faults.clear()
-
-    def record(self, entry: LoggedRequest) -> None:
-        with self._lock:
-            self.log.append(entry)
-
-    def requests(self, method: str | None = None, path: str | None = None) -> list[LoggedRequest]:
-        with self._lock:
-            entries = list(self.log)
-        return [
-            e for e in entries
-            if (method is None or e.method == method.upper()) and (path is None or re.search(path, e.path))
-        ]
-
-    def clear_requests(self) -> None:
-        with self._lock:
-            self.log.clear()
+__all__ = ["EMULATOR_LABEL", "FAULT_MODES", "CloudRunState", "Fault", "FaultBook", "LoggedRequest",
+           "SeedSource", "WorkloadOptions", "emulated_uri", "load_seed"]
 
 
 @dataclass
@@ -208,15 +118,24 @@ class CloudRunState:
             self.seed(self._initial_seed)
 
     def seed(self, data: SeedSource) -> dict[str, list[str]]:
+        """Load a seed given as a dict or, for in-process and CLI use (`--seed FILE`), a JSON file path."""
+        return self.seed_document(load_seed(data))
+
+    def seed_document(self, doc: Any) -> dict[str, list[str]]:
         """Load {"services": [...], "jobs": [...]} (v2 JSON with full names) as if created.
 
+        Takes a JSON object only, never a path: this is what the HTTP /seed route calls.
         A later entry with the name of an existing resource updates it, so a seed can build a
         service with several revisions and a traffic split.
         """
-        doc = load_seed(data)
+        check_json_type("seed", doc, dict)
         unknown = set(doc) - {"services", "jobs"}
         if unknown:
             raise invalid(f"seed: unknown keys {sorted(unknown)}; expected 'services' and 'jobs'")
+        for key in ("services", "jobs"):
+            check_json_type(f"seed.{key}", doc.get(key, []), list)
+            for index, entry in enumerate(doc.get(key, [])):
+                check_json_type(f"seed.{key}[{index}]", entry, dict)
         made: dict[str, list[str]] = {"services": [], "jobs": []}
         with self.lock:
             for entry in doc.get("services", []):
@@ -227,12 +146,27 @@ class CloudRunState:
             self.sync_services(service, self.workload_options.startup_timeout_s)
         return made
 
+    def race(self, fault: Fault, path: str, query: list[tuple[str, str]]) -> None:
+        """A race fault's other writer: rewrite the service or job the request names (see Fault)."""
+        kind, name = race_target(path, query)
+        services = kind == "services"
+        store, message_cls = (self.services, run_v2.Service) if services else (self.jobs, run_v2.Job)
+        with self.lock:
+            current = to_json_dict(store.get(name)) if store.exists(name) else {}
+            doc = {**raced_document(current, fault.race, kind), "name": name}
+            store.update(parse_body(json.dumps(doc), message_cls), allow_missing=True)
+        if services:
+            self.sync_services()  # the other writer does not wait for its revision to start
+
     @staticmethod
     def _seed_one(entry: dict, message_cls: type, store) -> str:
         body = parse_body(json.dumps(entry), message_cls)
         if not body.name:
             raise invalid("seed: every resource needs its full name (projects/P/locations/L/...)")
         parsed = Name.parse(body.name)
+        if len(parsed.parts) != 1 or parsed.parts[0][0] != store.COLLECTION:
+            raise invalid(f"seed: '{body.name}' is not a name of the form "
+                          f"projects/P/locations/L/{store.COLLECTION}/ID")
         if store.exists(body.name):
             store.update(body)
         else:
@@ -241,6 +175,7 @@ class CloudRunState:
 
 
 def load_seed(data: SeedSource) -> dict[str, Any]:
+    """A seed from a dict or a JSON file path: for Python callers and the CLI, never for HTTP bodies."""
     if data is None:
         return {}
     if isinstance(data, (str, Path)):

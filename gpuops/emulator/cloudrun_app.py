@@ -1,12 +1,11 @@
-"""HTTP layer of the Cloud Run emulator: v2 REST routes, Monitoring v3 emulation, control routes, faults, log."""
+"""HTTP layer of the Cloud Run emulator: v2 REST routes, fault injection, request log, body limits."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 from google.cloud import run_v2
 from google.longrunning import operations_pb2
@@ -18,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from .cloudrun import EMULATOR_LABEL, CloudRunState, LoggedRequest
+from .cloudrun import EMULATOR_LABEL, CloudRunState, Fault, LoggedRequest
 from .cloudrun_common import (
     LOCATION_PREFIX,
     RPC_CODES,
@@ -29,6 +28,7 @@ from .cloudrun_common import (
     to_json_dict,
 )
 from . import monitoring
+from .cloudrun_control import handle_control
 from .cloudrun_ops import Probe, frozen
 from .router import Router, proxy
 
@@ -40,6 +40,14 @@ ID = r"[^/:]+"
 # A create/update waits this long for new revision processes: under run_v2's 15 s call timeout.
 # A slower start leaves the operation pending until the revision is ready or failed.
 SYNC_WAIT_S = 10.0
+# Google's API front end refuses bodies over 10 MiB with 400 "Request payload size exceeds the
+# limit: 10485760 bytes." (the figure its error names, e.g. googleworkspace/dotnet-samples#23;
+# Google does not document it per API). The emulator reads at most this much of any body.
+MAX_BODY_BYTES = 10 * 1024 * 1024
+# Past the limit the rest of a body is read and dropped (not kept) up to this much, so that the
+# client gets our answer rather than a reset connection; a body declared larger is not read at all.
+DRAIN_BYTES = 64 * 1024 * 1024
+WRITE_METHODS = ("POST", "PATCH", "PUT")
 
 
 @dataclass
@@ -51,6 +59,7 @@ class Call:
     query: list[tuple[str, str]]
     body: str
     int_enums: bool
+    content_type: str = "application/json"
 
     @property
     def parent(self) -> str:
@@ -284,6 +293,7 @@ def dispatch_v2(state: CloudRunState, call: Call, path: str) -> tuple[int, dict]
     """Run one v2 request; any ApiError becomes Google's error body."""
     tail = path[len("/v2/"):]
     try:
+        check_content_type(call)
         for method, pattern, handler in ROUTES:
             if method == call.method and pattern.fullmatch(tail):
                 result = handler(state, call)
@@ -293,80 +303,54 @@ def dispatch_v2(state: CloudRunState, call: Call, path: str) -> tuple[int, dict]
         return exc.code, exc.body()
 
 
-def handle_v2(state: CloudRunState, method: str, path: str, query: list, body: str) -> tuple[int, dict]:
+def check_content_type(call: Call) -> None:
+    """A write with a body must say it is JSON, as run_v2's REST transport always does.
+
+    Google's front end answers other types with 400 "Unsupported content with type: ...".
+    """
+    if call.method in WRITE_METHODS and call.body.strip():
+        media_type = call.content_type.split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            raise invalid(f"Unsupported content with type: {call.content_type or '(none)'}")
+
+
+def handle_v2(state: CloudRunState, method: str, path: str, query: list, body: str,
+              content_type: str = "application/json") -> tuple[int, dict]:
     """Apply fault injection around the dispatch and log the request."""
     alt = dict(query).get("$alt", "")
-    call = Call(method, path[len("/v2/"):].split(":", 1)[0], query, body, "enum-encoding=int" in alt)
+    name = path[len("/v2/"):].split(":", 1)[0]
+    call = Call(method, name, query, body, "enum-encoding=int" in alt, content_type)
     return _faulted(state, method, path, query, lambda: dispatch_v2(state, call, path))
 
 
 def _faulted(state: CloudRunState, method: str, path: str, query: list,
              run: Callable[[], tuple[int, dict]]) -> tuple[int, dict]:
-    """Run one API request under fault injection, and log it."""
+    """Run one API request under fault injection (modes: see Fault), and log it."""
     fault = state.faults.take(method, path)
-    if fault is not None and fault.mode == "before":
-        status, payload = fault.error().code, fault.error().body()
+    mode = fault.mode if fault is not None else None
+    error = fault.error() if mode == "before" else None
+    if mode == "race":
+        error = _race(state, fault, path, query)  # the other writer lands first
+    if error is not None:
+        status, payload = error.code, error.body()
     else:
         status, payload = run()
-        if fault is not None:
+        if mode == "after":
             # The write above happened; only its answer is lost.
             status, payload = fault.error().code, fault.error().body()
     query_text = "&".join(f"{k}={v}" for k, v in query)
-    state.faults.record(LoggedRequest(method, path, query_text, status, fault.mode if fault else None))
+    state.faults.record(LoggedRequest(method, path, query_text, status, mode))
     return status, payload
 
 
-# ---------------------------------------------------------------- control routes
-
-
-def handle_control(state: CloudRunState, method: str, path: str, body: str, info: dict) -> tuple[int, dict]:
-    """The emulator's own API under /emulator/v1 (never subject to faults, never logged)."""
+def _race(state: CloudRunState, fault: Fault, path: str, query: list) -> ApiError | None:
+    """Apply the other writer's update; None when it landed, else the error to answer with."""
     try:
-        data = json.loads(body) if body.strip() else {}
-    except json.JSONDecodeError as exc:
-        return 400, invalid(f"control body is not JSON: {exc}").body()
-    try:
-        return 200, _control(state, method, path.rstrip("/"), data, info)
-    except (ApiError, TypeError, re.error) as exc:
-        err = exc if isinstance(exc, ApiError) else invalid(str(exc))
-        return err.code, err.body()
-
-
-def _control(state: CloudRunState, method: str, path: str, data: Any, info: dict) -> dict:
-    key = (method, path.removeprefix("/emulator/v1"))
-    if key in (("GET", ""), ("GET", "/info")):
-        return info
-    if key == ("POST", "/faults"):
-        return {"fault": state.faults.add(**data).to_dict()}
-    if key == ("GET", "/faults"):
-        return {"faults": [f.to_dict() for f in state.faults.faults]}
-    if key == ("DELETE", "/faults"):
-        state.faults.clear_faults()
-        return {"faults": []}
-    if key == ("GET", "/requests"):
-        return {"requests": [asdict(r) for r in state.faults.requests()]}
-    if key == ("DELETE", "/requests"):
-        state.faults.clear_requests()
-        return {"requests": []}
-    if key == ("POST", "/seed"):
-        return {"seeded": state.seed(data)}
-    if key == ("POST", "/reset"):
-        state.reset(reseed=bool(data.get("reseed", True)))
-        return {"reset": True}
-    if key == ("GET", "/processes"):
-        return {"processes": state.processes.snapshot()}
-    if key in (("GET", "/config"), ("POST", "/config")):
-        return _config(state, data if method == "POST" else {})
-    raise ApiError(404, f"No emulator control route {method} {path}", "NOT_FOUND")
-
-
-def _config(state: CloudRunState, data: dict) -> dict:
-    unknown = set(data) - {"operation_polls_before_done"}
-    if unknown:
-        raise invalid(f"unknown config keys {sorted(unknown)}")
-    if "operation_polls_before_done" in data:
-        state.ops.polls_before_done = int(data["operation_polls_before_done"])
-    return {"operation_polls_before_done": state.ops.polls_before_done}
+        state.race(fault, path, query)
+    except ApiError as exc:
+        # A race that cannot apply is a mistake in the test's fault: say so rather than run on.
+        return ApiError(exc.code, f"race fault: {exc.message}", exc.status)
+    return None
 
 
 # ---------------------------------------------------------------- the ASGI app
@@ -377,14 +361,21 @@ def build_app(state: CloudRunState, info: Callable[[], dict]) -> Starlette:
 
     async def endpoint(request: Request) -> JSONResponse:
         path, method = request.url.path, request.method
-        body = (await request.body()).decode("utf-8", errors="replace")
+        raw = await read_capped(request)
+        if raw is None:  # refused by the front end: no handler, fault or request log sees it
+            error = invalid(f"Request payload size exceeds the limit: {MAX_BODY_BYTES} bytes.")
+            return JSONResponse(error.body(), status_code=error.code, headers=HEADER)
+        body = raw.decode("utf-8", errors="replace")
         query = list(request.query_params.multi_items())
+        content_type = request.headers.get("content-type", "")
         try:
-            status, payload = await run_in_threadpool(_route, state, method, path, query, body, info)
+            status, payload = await run_in_threadpool(_route, state, method, path, query, body, info,
+                                                      content_type)
+            return JSONResponse(payload, status_code=status, headers=HEADER)
         except Exception as exc:  # a bug in the emulator must still answer in Google's shape
             log.exception("cloud run emulator failed on %s %s", method, path)
-            status, payload = 500, ApiError(500, f"emulator error: {exc!r}", "INTERNAL").body()
-        return JSONResponse(payload, status_code=status, headers=HEADER)
+            payload = ApiError(500, f"emulator error: {exc!r}", "INTERNAL").body()
+            return JSONResponse(payload, status_code=500, headers=HEADER)
 
     async def logs(request: Request) -> PlainTextResponse:
         # Cloud Logging's stand-in: the plain output of an execution or a revision's process.
@@ -407,9 +398,28 @@ def build_app(state: CloudRunState, info: Callable[[], dict]) -> Starlette:
     ])
 
 
-def _route(state: CloudRunState, method: str, path: str, query: list, body: str, info) -> tuple[int, dict]:
+async def read_capped(request: Request) -> bytes | None:
+    """The request body, or None when it is over MAX_BODY_BYTES; never holds more than that."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > DRAIN_BYTES:
+        return None
+    chunks: list[bytes] | None = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            chunks = None  # drop what was kept; keep reading only to drain
+            if size > DRAIN_BYTES:
+                break
+        elif chunks is not None:
+            chunks.append(chunk)
+    return None if chunks is None else b"".join(chunks)
+
+
+def _route(state: CloudRunState, method: str, path: str, query: list, body: str, info,
+           content_type: str) -> tuple[int, dict]:
     if path.startswith("/v2/"):
-        return handle_v2(state, method, path, query, body)
+        return handle_v2(state, method, path, query, body, content_type)
     if path.startswith("/v3/"):  # the Cloud Monitoring emulation, on the same base URL
         return _faulted(state, method, path, query, lambda: monitoring.handle(state.served, method, path, query))
     if path == "/" or path.startswith("/emulator/v1"):

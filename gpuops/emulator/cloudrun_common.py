@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 import string
@@ -87,6 +88,34 @@ def failed_precondition(message: str) -> ApiError:
 
 def aborted_etag(name: str) -> ApiError:
     return ApiError(409, f"The etag provided for '{name}' does not match the current one.", "ABORTED")
+
+
+# ---------------------------------------------------------------- JSON values of control requests
+
+_JSON_TYPES = {str: "string", dict: "object", list: "array", bool: "boolean"}
+
+
+def show(value: Any) -> str:
+    """A JSON value, cut short, for an error message."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_json_type(where: str, value: Any, kind: type) -> None:
+    if not isinstance(value, kind):
+        raise invalid(f"{where} must be a JSON {_JSON_TYPES[kind]}, got {show(value)}")
+
+
+def check_json_int(where: str, value: Any, low: int, high: int | None = None) -> None:
+    # bool is an int in Python, never in JSON; 1.0 and 1e999 are not integers either.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(f"{where} must be an integer, got {show(value)}")
+    if value < low or (high is not None and value > high):
+        span = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise invalid(f"{where} must be {span}, got {value}")
 
 
 # ---------------------------------------------------------------- strict parsing
@@ -212,7 +241,8 @@ class Name:
     @classmethod
     def parse(cls, name: str) -> "Name":
         segs = name.split("/")
-        if len(segs) < 4 or segs[0] != "projects" or segs[2] != "locations" or len(segs) % 2:
+        # A resource name: a location and at least one collection/id pair below it.
+        if len(segs) < 6 or segs[0] != "projects" or segs[2] != "locations" or len(segs) % 2 or "" in segs:
             raise invalid(f"Invalid resource name '{name}'")
         pairs = tuple((segs[i], segs[i + 1]) for i in range(4, len(segs), 2))
         return cls(segs[1], segs[3], pairs)

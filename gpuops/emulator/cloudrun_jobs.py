@@ -29,7 +29,7 @@ from .cloudrun_common import (
     parent_matches,
     random_suffix,
 )
-from .cloudrun_services import check_containers
+from .cloudrun_checks import check_job_spec
 from .cloudrun_store import Context, TopLevelStore
 
 JobPb = run_v2.Job.pb()
@@ -161,7 +161,7 @@ class JobStore(TopLevelStore):
         check_namespaces("job.labels", job.labels)
         check_namespaces("job.template.labels", job.template.labels)
         check_namespaces("job.template.annotations", job.template.annotations)
-        check_containers(job.template.template.containers, "job.template.template")
+        check_job_spec(job)
         default_task_template(job.template)
         self._fill_status(job, old)
         if not validate_only:

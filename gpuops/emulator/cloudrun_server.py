@@ -135,9 +135,16 @@ class CloudRunEmulator:
         return self.state.seed(data)
 
     def add_fault(self, method: str = "*", path: str = ".*", status: int = 503, times: int = 1,
-                  mode: str = "before", message: str = "") -> Fault:
+                  mode: str = "before", message: str = "", race: dict | None = None) -> Fault:
+        """Inject a fault (the same fields as POST /emulator/v1/faults; modes explained on Fault).
+
+        A concurrent deploy landing between a read and a write of service "web":
+        `add_fault("PATCH", "/services/web$", mode="race", race={"template": {"containers":
+        [{"image": "img:2"}]}, "traffic": [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST",
+        "percent": 100}]})`.
+        """
         return self.state.faults.add(method=method, path=path, status=status, times=times,
-                                     mode=mode, message=message)
+                                     mode=mode, message=message, race=race)
 
     def clear_faults(self) -> None:
         self.state.faults.clear_faults()

@@ -26,6 +26,7 @@ from .cloudrun_common import (
     now,
     random_suffix,
 )
+from .cloudrun_checks import check_service_spec
 from .cloudrun_store import Context, TopLevelStore
 
 ServicePb = run_v2.Service.pb()
@@ -41,6 +42,7 @@ SERVICE_OUTPUT_FIELDS = (
     "latest_ready_revision", "latest_created_revision", "traffic_statuses", "uri", "urls",
     "satisfies_pzs", "reconciling",
 )
+
 
 def template_key(template: Message) -> Message:
     """The part of a template that decides whether a new revision is needed."""
@@ -60,14 +62,6 @@ def default_template(template: Message) -> None:
             container.resources.limits.update({"cpu": "1000m", "memory": "512Mi"})
         if not container.ports and len(template.containers) == 1:
             container.ports.add(name="http1", container_port=8080)
-
-
-def check_containers(containers, where: str) -> None:
-    if not containers:
-        raise invalid(f"{where}.containers: at least one container is required")
-    for index, container in enumerate(containers):
-        if not container.image:
-            raise invalid(f"{where}.containers[{index}].image: must be set")
 
 
 class ServiceStore(TopLevelStore):
@@ -144,7 +138,7 @@ class ServiceStore(TopLevelStore):
         check_namespaces("service.template.annotations", svc.template.annotations)
         if not svc.HasField("template"):
             raise invalid("service.template: must be set")
-        check_containers(svc.template.containers, "service.template")
+        check_service_spec(svc)
 
     def _fill_status(self, svc: Message, old: Message | None, latest: str, statuses: list) -> None:
         stamp = now()
