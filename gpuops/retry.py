@@ -31,6 +31,39 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT)
 
 
+# What an API exception keeps of its call: google's `response` is the requests.Response (or a
+# failed LRO's Operation, whose metadata is the resource), and `response.request.body` is the
+# request's JSON, plaintext env values included; requests' own errors keep `request` as well.
+_CALL_ATTRS = ("_response", "response", "request", "_request")
+
+
+def scrub(exc: BaseException) -> BaseException:
+    """Drop every request and response an exception holds, in place, and return it.
+
+    A failed Prefect run persists its exception (pickled) under PREFECT_HOME/storage; whatever
+    the exception references goes with it. Type, HTTP code, message (Google's, naming the method
+    and URL), errors and details stay, so `except gexc.NotFound` still works. A google or requests
+    exception also loses its chain; any other exception keeps its chain, scrubbed link by link.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, (gexc.GoogleAPIError, requests.RequestException)):
+            for attr in _CALL_ATTRS:
+                if attr in vars(e):
+                    setattr(e, attr, None)
+            todo.append(getattr(e, "_cause", None))  # RetryError: the last error it retried
+            e.__cause__ = e.__context__ = None
+            e.__suppress_context__ = True
+        else:
+            todo += [e.__cause__, e.__context__]
+    return exc
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Exponential backoff with full jitter; `attempts` counts the first try."""
@@ -62,8 +95,17 @@ def call(
     `read_back` guards a write that is not idempotent: after a transient failure the answer
     may have been lost while the write took effect, so before sending it again we ask the
     server; a non-None answer is the write's result and ends the loop.
+
+    Whatever leaves is scrubbed first (see `scrub`): no exception from here holds a request body.
     """
-    backoff = backoff or Backoff.from_env()
+    try:
+        return _attempts(what, fn, backoff or Backoff.from_env(), read_back)
+    except BaseException as exc:
+        scrub(exc)
+        raise  # the same object: nothing new is chained to it
+
+
+def _attempts(what: str, fn: Callable[[], T], backoff: Backoff, read_back: Callable[[], T | None] | None) -> T:
     for attempt in range(backoff.attempts):
         try:
             return fn()
