@@ -4,11 +4,8 @@ import time
 
 import httpx
 import pytest
+from approvals import answer, paused_run
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
-                                            FlowRunFilterStateType)
-from prefect.client.schemas.objects import StateType
-
 from flows.cleanup import cleanup
 from flows.create_jobs import create_jobs
 from gpuops import cloudrun
@@ -46,31 +43,6 @@ def start(**kwargs):
     return thread, box
 
 
-def paused_run(timeout_s: float = 30):
-    states = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["cleanup"])),
-                                         flow_run_filter=FlowRunFilter(state=states))
-            if runs:
-                return runs[0]
-            time.sleep(0.2)
-    raise AssertionError("no paused cleanup run")
-
-
-def answer(prefect_api, run_input: dict) -> None:
-    """Resume as an approver would. The run turns Paused a moment before its form's schema is saved
-    (a resume in between is REJECTed: "Run input schema not found"), and SQLite may say 503: retry."""
-    run = paused_run()
-    for _ in range(50):
-        response = httpx.post(f"{prefect_api}/flow_runs/{run.id}/resume", json={"run_input": run_input})
-        if response.status_code < 500 and response.json()["status"] != "REJECT":
-            break
-        time.sleep(0.2)
-    assert response.json()["status"] == "ACCEPT", response.text  # a bad body is a 200 with REJECT
-
-
 def finish(thread, box) -> dict:
     thread.join(60)
     assert not thread.is_alive()
@@ -89,8 +61,8 @@ def test_dry_run_lists_the_jobs_gpu_service_and_idle_revision_and_changes_nothin
 
 def test_a_refusal_deletes_nothing_and_the_form_shows_the_proposed_list(emu, prefect_api):
     thread, box = start()
-    run = paused_run()
-    answer(prefect_api, {"approve": False, "resources": []})
+    run = paused_run("cleanup")
+    answer(prefect_api, "cleanup", {"approve": False, "resources": []})
     result = finish(thread, box)
     with get_client(sync_client=True) as client:
         keyset = run.state.state_details.run_input_keyset
@@ -101,7 +73,7 @@ def test_a_refusal_deletes_nothing_and_the_form_shows_the_proposed_list(emu, pre
 
 def test_approval_naming_only_the_cpu_job_deletes_only_that(emu, prefect_api):
     thread, box = start()
-    answer(prefect_api, {"approve": True, "resources": [CPU_JOB]})
+    answer(prefect_api, "cleanup", {"approve": True, "resources": [CPU_JOB]})
     result = finish(thread, box)
     assert [d["name"] for d in result["deleted"]] == [CPU_JOB] and result["refused"] == []
     assert [m for m, _ in writes(emu)] == ["DELETE"] and CPU_JOB.split("/", 2)[2] in writes(emu)[0][1]
@@ -110,7 +82,7 @@ def test_approval_naming_only_the_cpu_job_deletes_only_that(emu, prefect_api):
 
 def test_a_serving_revision_is_refused_even_when_named_and_a_rerun_changes_nothing(emu, prefect_api):
     thread, box = start()
-    answer(prefect_api, {"approve": True,
+    answer(prefect_api, "cleanup", {"approve": True,
                          "resources": [emu.new_revision, emu.old_revision, CPU_JOB, GPU_JOB, GPU_SVC]})
     result = finish(thread, box)
     assert sorted(d["name"] for d in result["deleted"]) == sorted([emu.old_revision, CPU_JOB, GPU_JOB, GPU_SVC])
@@ -137,9 +109,9 @@ def test_an_approved_gpu_canary_tag_is_removed_with_the_percentages_kept(emu, pr
     old, new = (r.rsplit("/", 1)[-1] for r in (emu.old_revision, emu.new_revision))
     split = [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": new, "percent": 100},
              {"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": old, "percent": 0, "tag": "gpu-canary"}]
-    cloudrun.update_traffic(cr, SVC, split)
+    cloudrun.update_traffic(cr, SVC, lambda _service: cloudrun.TrafficChange(split))
     thread, box = start()
-    answer(prefect_api, {"approve": True, "resources": ["tag:gpu-canary", emu.old_revision]})
+    answer(prefect_api, "cleanup", {"approve": True, "resources": ["tag:gpu-canary", emu.old_revision]})
     result = finish(thread, box)
     assert [d["name"] for d in result["deleted"]] == ["tag:gpu-canary"]
     assert "tag:gpu-canary" in result["refused"][0]["why"]  # the revision was tagged when the list was made
