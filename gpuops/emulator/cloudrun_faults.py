@@ -22,7 +22,8 @@ RACE_KINDS = {"services": run_v2.Service.pb(), "jobs": run_v2.Job.pb()}
 
 @dataclass
 class Fault:
-    """An injected fault: matches a method and a path regex (re.search), fires `times` times.
+    """An injected fault: matches a method and a path regex (re.search), fires `times` times
+    once `skip` matching requests have gone through untouched (e.g. fail the third PATCH).
 
     mode "before" answers the error (`status`, `message`) without touching state.
     mode "after" applies the request first and then answers the error, like a response lost on
@@ -46,8 +47,10 @@ class Fault:
     mode: str = "before"
     message: str = ""
     race: dict | None = None
+    skip: int = 0
     id: int = 0
     fired: int = 0
+    skipped: int = 0
 
     def __post_init__(self) -> None:
         check_json_type("fault method", self.method, str)
@@ -61,6 +64,7 @@ class Fault:
             raise invalid(f"fault path is not a valid regular expression: {exc}") from exc
         check_json_int("fault status", self.status, 400, 599)
         check_json_int("fault times", self.times, 1)
+        check_json_int("fault skip", self.skip, 0)
         check_json_type("fault message", self.message, str)
         if self.mode not in FAULT_MODES:
             raise invalid(f"fault mode must be one of {FAULT_MODES}, got {show(self.mode)}")
@@ -81,7 +85,7 @@ class Fault:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
 
-FAULT_FIELDS = ("method", "path", "status", "times", "mode", "message", "race")
+FAULT_FIELDS = ("method", "path", "status", "times", "mode", "message", "race", "skip")
 
 
 @dataclass
@@ -104,7 +108,7 @@ class FaultBook:
 
     def add(self, **spec: Any) -> Fault:
         # id and fired are output fields: a fault read back from GET /faults can be posted again.
-        unknown = set(spec) - set(FAULT_FIELDS) - {"id", "fired"}
+        unknown = set(spec) - set(FAULT_FIELDS) - {"id", "fired", "skipped"}
         if unknown:
             raise invalid(f"unknown fault fields {sorted(unknown)}; expected some of {list(FAULT_FIELDS)}")
         fault = Fault(**{k: v for k, v in spec.items() if k in FAULT_FIELDS})
@@ -118,6 +122,9 @@ class FaultBook:
         with self._lock:
             for fault in self.faults:
                 if fault.fired < fault.times and fault.matches(method, path):
+                    if fault.skipped < fault.skip:
+                        fault.skipped += 1
+                        return None
                     fault.fired += 1
                     return fault
         return None

@@ -135,7 +135,7 @@ class CloudRunEmulator:
         return self.state.seed(data)
 
     def add_fault(self, method: str = "*", path: str = ".*", status: int = 503, times: int = 1,
-                  mode: str = "before", message: str = "", race: dict | None = None) -> Fault:
+                  mode: str = "before", message: str = "", race: dict | None = None, skip: int = 0) -> Fault:
         """Inject a fault (the same fields as POST /emulator/v1/faults; modes explained on Fault).
 
         A concurrent deploy landing between a read and a write of service "web":
@@ -144,7 +144,7 @@ class CloudRunEmulator:
         "percent": 100}]})`.
         """
         return self.state.faults.add(method=method, path=path, status=status, times=times,
-                                     mode=mode, message=message, race=race)
+                                     mode=mode, message=message, race=race, skip=skip)
 
     def clear_faults(self) -> None:
         self.state.faults.clear_faults()

@@ -429,6 +429,20 @@ def test_fault_after_applies_the_write_then_loses_the_answer(emu, run):
     assert [(r.status, r.fault) for r in logged] == [(503, "after")]
 
 
+def test_fault_with_skip_lets_the_first_matching_requests_through(emu, run):
+    create_service(run)
+    name = f"{PARENT}/services/web"
+    emu.add_fault("GET", r"/services/web$", status=500, skip=2)
+    for _ in range(2):
+        assert run.services.get_service(name=name, retry=None).name == name
+    with pytest.raises(gexc.InternalServerError):
+        run.services.get_service(name=name, retry=None)
+    assert run.services.get_service(name=name, retry=None).name == name  # fired its one time
+    assert [r.status for r in emu.requests("GET", r"/services/web$")] == [200, 200, 500, 200]
+    bad = requests.post(f"{emu.url}/emulator/v1/faults", json={"skip": -1}, timeout=5)
+    assert bad.status_code == 400 and "skip" in bad.json()["error"]["message"]
+
+
 def test_faults_and_request_log_over_http(emu, run):
     spec = {"method": "GET", "path": "/services/web$", "status": 500, "times": 1}
     assert requests.post(f"{emu.url}/emulator/v1/faults", json=spec, timeout=5).json()["fault"]["status"] == 500
