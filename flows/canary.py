@@ -17,8 +17,8 @@ from blocks.cloud_run import GpuProfile
 from blocks.cloud_run import CloudRunTarget
 from flows.common import Target, connect, notify, resolve_target, where
 from flows.rollback import now, restore_stable
-from gpuops import cloudrun, gpu_rules, job_plan, traffic
-from gpuops.errors import BadInput, CheckFailed
+from gpuops import cloudrun, gpu_rules, job_plan, params, traffic
+from gpuops.errors import BadInput, CheckFailed, CouldNotRun
 from gpuops.monitoring import CloudMonitoringRequests
 from gpuops.probe_traffic import MetricsSource, ProbeTraffic
 from gpuops.traffic import CanaryState, Gates
@@ -38,36 +38,51 @@ def candidate_name(service: str, template: dict) -> str:
 
 
 def single_serving_revision(service: dict) -> str:
-    rows = [t for t in (service.get("trafficStatuses") or []) if int(t.get("percent", 0)) > 0]
-    if len(rows) != 1 or int(rows[0]["percent"]) != 100:
-        split_text = ", ".join(f"{t.get('revision') or 'LATEST'} {t.get('percent', 0)}%" for t in rows)
+    shares = traffic.serving(service)
+    if list(shares.values()) != [100]:
+        split_text = ", ".join(f"{rev} {pct}%" for rev, pct in shares.items())
         raise BadInput(f"traffic is already split ({split_text}): finish that change or run `gpuops rollback` first.")
-    revision = rows[0].get("revision") or service.get("latestReadyRevision", "")
-    return cloudrun.short(revision)
+    return next(iter(shares))
 
 
 @task(name="deploy-candidate", cache_policy=NO_CACHE, persist_result=False)
-def deploy_candidate(cr: cloudrun.CloudRun, target: Target, service: dict, profile: dict,
-                     steps: tuple[int, ...]) -> CanaryState:
-    """The GPU template as a new revision with 0% and a tag; the state written in the same update."""
-    stable = single_serving_revision(service)
-    template = job_plan.gpu_template(service["template"], profile)
-    candidate = candidate_name(target.service, template)
-    state = CanaryState(stable=stable, candidate=candidate, steps=steps, updated=now(),
-                        flow_run_id=str(runtime.flow_run.id or ""))
-    cloudrun.update_traffic(cr, target.service_name, traffic.split(stable, candidate, 0),
-                            {traffic.STATE_ANNOTATION: state.to_annotation()},
-                            template={**template, "revision": candidate})
-    return state
+def deploy_candidate(cr: cloudrun.CloudRun, target: Target, profile: dict, steps: tuple[int, ...]) -> CanaryState:
+    """The GPU template as a new revision with 0% and a tag; the state written in the same update.
+
+    Planned on the service as read, with its etag: a deploy landing in between is planned on again.
+    """
+    planned: list[CanaryState] = []
+
+    def decide(service: dict) -> cloudrun.TrafficChange:
+        stable = single_serving_revision(service)
+        template = job_plan.gpu_template(service["template"], profile)
+        candidate = candidate_name(target.service, template)
+        planned[:] = [CanaryState(stable=stable, candidate=candidate, steps=steps, updated=now(),
+                                  flow_run_id=str(runtime.flow_run.id or ""))]
+        return cloudrun.TrafficChange(traffic.split(stable, candidate, 0),
+                                      {traffic.STATE_ANNOTATION: planned[0].to_annotation()},
+                                      template={**template, "revision": candidate})
+
+    cloudrun.update_traffic(cr, target.service_name, decide)
+    return planned[0]
 
 
 # Tasks that hold a service dict never persist it: it carries plaintext env values.
 @task(name="set-split", cache_policy=NO_CACHE, persist_result=False)
 def set_split(cr: cloudrun.CloudRun, target: Target, state: CanaryState) -> dict:
+    """The state's split and the state itself, written only over what this canary wrote last."""
     state = replace(state, updated=now())
-    return cloudrun.update_traffic(cr, target.service_name,
-                                   traffic.split(state.stable, state.candidate, state.percent),
-                                   {traffic.STATE_ANNOTATION: state.to_annotation()})
+
+    def decide(service: dict) -> cloudrun.TrafficChange:
+        changed = traffic.interference(service, state)
+        if changed:
+            raise CheckFailed(f"{target.service} changed during its canary ({changed}): the canary stopped without "
+                              f"writing over it, at {state.percent}% on {state.candidate}. Decide with "
+                              f"`gpuops rollback` (it refuses stale state) or `gpuops rollback --to REVISION`.")
+        return cloudrun.TrafficChange(traffic.split(state.stable, state.candidate, state.percent),
+                                      {traffic.STATE_ANNOTATION: state.to_annotation()})
+
+    return cloudrun.update_traffic(cr, target.service_name, decide)
 
 
 def tag_url(service: dict, tag: str) -> str:
@@ -77,20 +92,15 @@ def tag_url(service: dict, tag: str) -> str:
     raise CheckFailed(f"the service reports no URL for tag {tag!r}: cannot observe the candidate.")
 
 
-METRICS = ("probe", "cloud-monitoring")
-
-
 def metrics_source(metrics: str, probe: ProbeTraffic, gates: Gates, target: Target, cr: cloudrun.CloudRun,
                    credentials=None) -> MetricsSource:
     """The probe's own figures, or Cloud Monitoring's for the candidate while the probe gives it traffic."""
-    if metrics == "probe":
+    if params.choice("metrics", metrics, params.METRICS) == "probe":
         return probe
-    if metrics == "cloud-monitoring":
-        # On the emulator, its Monitoring emulation (GPUOPS_MONITORING_API still wins inside the adapter).
-        endpoint = cr.endpoint if cr.is_emulator else None
-        return CloudMonitoringRequests(target.project, target.service, endpoint, credentials,
-                                       traffic=lambda url, seconds: probe.observe(url, seconds, gates))
-    raise BadInput(f"metrics {metrics!r} is not one of: {', '.join(METRICS)}.")
+    # On the emulator, its Monitoring emulation (GPUOPS_MONITORING_API still wins inside the adapter).
+    endpoint = cr.endpoint if cr.is_emulator else None
+    return CloudMonitoringRequests(target.project, target.service, endpoint, credentials,
+                                   traffic=lambda url, seconds: probe.observe(url, seconds, gates))
 
 
 @task(name="observe-window", cache_policy=NO_CACHE)
@@ -194,17 +204,17 @@ def canary_shift(
             3 minutes more before its query; use window_s of 300 or more.
     """
     where_to, credentials = resolve_target(project, region, service, target)
-    try:
-        step_list = traffic.parse_steps(steps)
-    except ValueError as exc:
-        raise BadInput(str(exc)) from None
     profile = gpu_profile or GpuProfile()
+    params.gpu_profile(profile)
+    checked = params.canary(steps_text=steps, window_s=window_s, probe_requests=probe_requests,
+                            min_requests=min_requests, max_error_rate=max_error_rate, max_p95_ms=max_p95_ms,
+                            max_holds=max_holds, approval_timeout_s=approval_timeout_s, metrics=metrics)
     check = gpu_rules.check(profile.spec(), where_to.region)
     if not check.ok:
         raise CheckFailed("GPU plan refused before any change:\n" + "\n".join(f"  - {v}" for v in check.violations),
                           [v.__dict__ for v in check.violations])
-    gates = Gates(max_error_rate=max_error_rate, max_p95_ms=max_p95_ms, min_requests=min_requests)
-    probe = ProbeTraffic(requests=probe_requests, path=probe_path, method=probe_method,
+    gates = Gates(max_error_rate=max_error_rate, max_p95_ms=max_p95_ms, min_requests=checked["min_requests"])
+    probe = ProbeTraffic(requests=checked["probe_requests"], path=probe_path, method=probe_method,
                          body=probe_body if probe_body is not None else ProbeTraffic().body,
                          stop_early=stop_window_early)
     cr = connect(where_to, credentials)
@@ -216,13 +226,35 @@ def canary_shift(
     if state and state.phase == traffic.PROMOTED and traffic.serving_percent(current, state.candidate) == 100:
         return {"service": where_to.service, "api": where(cr), "outcome": "already-promoted",
                 "stable": state.stable, "candidate": state.candidate, "history": []}
-    if state and state.live:
-        get_run_logger().warning("resuming the canary of %s at step %d (%d%%)", state.candidate, state.step + 1,
-                                 state.percent)
+    try:
+        if state and state.live:
+            get_run_logger().warning("resuming the canary of %s at step %d (%d%%)", state.candidate, state.step + 1,
+                                     state.percent)
+        else:
+            state = deploy_candidate(cr, where_to, profile.model_dump(), checked["steps"])
+        return _walk(cr, where_to, state, source, gates, checked["window_s"], checked["max_holds"], approve_final,
+                     checked["approval_timeout_s"], notify_block)
+    except (CheckFailed, BadInput):
+        raise  # a gate, a refusal or a foreign change: each already left traffic where it must be
+    except Exception as exc:
+        raise _back_to_stable_after(exc, cr, where_to, notify_block) from exc
+
+
+def _back_to_stable_after(exc: Exception, cr, target: Target, notify_block) -> CouldNotRun:
+    """An unexpected error is handled like a failed gate: traffic goes back to stable, or the message
+    says what is left and how to finish (the state on the service lets `rollback` or a re-run do it)."""
+    what = type(exc).__name__ + (f": {str(exc).splitlines()[0][:200]}" if str(exc).strip() else "")
+    try:
+        changes = restore_stable(cr, target, (f"unexpected error: {what}",))
+    except Exception as again:
+        message = (f"canary of {target.service} stopped on an unexpected error ({what}), and putting traffic back "
+                   f"on stable failed too ({type(again).__name__}). The canary state on the service says where it "
+                   f"is: run `gpuops rollback` once the API answers, or `gpuops canary` to resume.")
     else:
-        state = deploy_candidate(cr, where_to, current, profile.model_dump(), step_list)
-    return _walk(cr, where_to, state, source, gates, window_s, max_holds, approve_final, approval_timeout_s,
-                 notify_block)
+        message = (f"canary of {target.service} stopped on an unexpected error ({what}); traffic is back on the "
+                   f"stable revision ({'; '.join(changes) or 'it already served 100%'}).")
+    notify(notify_block, f"gpuops canary of {target.service} failed", message)
+    return CouldNotRun(message)
 
 
 def _walk(cr, target, state, source, gates, window_s, max_holds, approve_final, approval_timeout_s,

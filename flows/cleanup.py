@@ -133,9 +133,8 @@ def remove_tag(cr: cloudrun.CloudRun, target: Target, service: dict, tag: str) -
         return False
     # The etag goes along: if the traffic changed since the re-check, the write fails instead
     # of putting back a split someone just changed.
-    body = {**cloudrun.service_spec(service), "traffic": cleanup_plan.without_tag(service, tag),
-            "etag": service["etag"]}
-    cloudrun.update_service(cr, target.service_name, body)
+    body = {**cloudrun.service_spec(service), "traffic": cleanup_plan.without_tag(service, tag)}
+    cloudrun.update_service(cr, target.service_name, body, etag=service["etag"])
     return True
 
 

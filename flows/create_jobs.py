@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from blocks.cloud_run import CloudRunTarget, GpuProfile
 from flows.common import Target, connect, resolve_target, where
 from flows.describe_revision import describe_revision
-from gpuops import cloudrun, gpu_rules, job_plan, state
+from gpuops import cloudrun, gpu_rules, job_plan, params, state
 from gpuops.dicts import is_subset
 from gpuops.errors import BadInput, CheckFailed
 
@@ -45,17 +45,31 @@ def full_name(target: Target, item: dict) -> str:
     return cloudrun.service_name(target.project, target.region, item["id"])
 
 
+@task(name="read-current", cache_policy=NO_CACHE, persist_result=False)
+def read_current(cr: cloudrun.CloudRun, target: Target, plan: dict) -> dict[str, dict | None]:
+    """Each planned resource as it is now (None: absent); read before any write is decided."""
+    return {role: _GET[item["kind"]](cr, full_name(target, item)) for role, item in plan.items()}
+
+
+def foreign(plan: dict, current: dict[str, dict | None]) -> list[gpu_rules.Violation]:
+    """Resources that exist under the planned names but were not created by gpuops."""
+    return [gpu_rules.Violation(
+        "foreign-resource", role,
+        f"{item['kind']} {item['id']} exists and gpuops did not create it (no label managed-by=gpuops).",
+        "pass --adopt (adopt: true) to let gpuops update and label it, or choose another --prefix.")
+        for role, item in plan.items() if current[role] is not None and not job_plan.managed_by_gpuops(current[role])]
+
+
 @task(name="apply-resource", cache_policy=NO_CACHE, persist_result=False)
-def apply_resource(cr: cloudrun.CloudRun, target: Target, item: dict) -> dict:
-    """Create, update or leave alone: running it twice changes nothing the second time."""
+def apply_resource(cr: cloudrun.CloudRun, target: Target, item: dict, current: dict | None) -> dict:
+    """Create, update (with the etag read) or leave alone: running it twice changes nothing the second time."""
     kind, name, body = item["kind"], full_name(target, item), item["body"]
-    current = _GET[kind](cr, name)
     if current is None:
         action, result = "created", _CREATE[kind](cr, name, body)
     elif is_subset(cloudrun.normalized(_TYPES[kind], body), current):
         action, result = "unchanged", current
     else:
-        action, result = "updated", _UPDATE[kind](cr, name, body)
+        action, result = "updated", _UPDATE[kind](cr, name, body, etag=current.get("etag"))
     get_run_logger().info("%s %s %s", action, kind, item["id"])
     return {"kind": kind, "id": item["id"], "name": name, "action": action,
             "generation": result.get("generation"), "uri": result.get("uri")}
@@ -81,8 +95,11 @@ def create_jobs(
     require_secret_refs: bool = False,
     prefix: Optional[str] = None,
     target: Optional[CloudRunTarget] = None,
+    adopt: bool = False,
 ) -> dict:
     """Create or update the CPU job, GPU job and GPU service from the live revision.
+
+    A resource under one of those names that gpuops did not create is never changed unless `adopt`.
 
     Args:
         project: Google Cloud project ID (or take it from `target`).
@@ -93,14 +110,16 @@ def create_jobs(
         require_secret_refs: refuse when a plaintext env value looks like a secret.
         prefix: name prefix of the new resources (default: the service name).
         target: a gpuops Cloud Run target block; explicit parameters win over its fields.
+        adopt: update (and label as gpuops') existing jobs or GPU service that gpuops did not create.
     """
     logger = get_run_logger()
     where_to, credentials = resolve_target(project, region, service, target)
     profile = gpu_profile or GpuProfile()
     # Every rule that needs no API call is judged first: a wrong plan never touches the cloud.
+    params.gpu_profile(profile)
+    params.prefix(prefix or where_to.service)
     check = gpu_rules.check(profile.spec(), where_to.region)
     refuse(check.violations, "GPU plan")
-    refuse(job_plan.check_names(job_plan.resource_ids(prefix or where_to.service)), "resource names")
     for warning in check.warnings:
         logger.warning(warning)
 
@@ -126,7 +145,10 @@ def create_jobs(
                                  markdown=dry_run_markdown(plan, check, result["api"]))
         return result
 
-    result["resources"] = [apply_resource(cr, where_to, item) for item in plan.values()]
+    current = read_current(cr, where_to, plan)
+    if not adopt:
+        refuse(foreign(plan, current), "resources gpuops did not create")
+    result["resources"] = [apply_resource(cr, where_to, item, current[role]) for role, item in plan.items()]
     create_table_artifact(key=f"create-jobs-{where_to.service}", table=result["resources"],
                           description=f"Resources for {where_to.service} ({result['api']})")
     return result

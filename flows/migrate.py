@@ -13,8 +13,8 @@ from flows.common import connect, resolve_target, where
 from flows.create_jobs import create_jobs
 from flows.describe_revision import describe_revision
 from flows.smoke_test import gpu_smoke_test
-from gpuops import cloudrun, cost, revision
-from gpuops.errors import BadInput, CheckFailed
+from gpuops import cloudrun, cost, params, revision
+from gpuops.errors import BadInput, CheckFailed, CouldNotRun
 
 PHASES = [
     ("describe", "Phase 0 前提確認・準備作業", "describe-revision"),
@@ -37,12 +37,12 @@ def _evidence(phase: str, result: dict) -> tuple[str, int]:
     return (f"{result['outcome']}: " + " → ".join(f"{h['percent']}% {h['verdict']}" for h in steps)), 100
 
 
-def _failure_progress(phase: str, exc: Exception) -> int:
-    """How far a failed phase got: a canary rolled back after k of n windows, say."""
+def _failure_progress(phase: str, exc: Exception, step_count: int) -> int:
+    """How far a failed phase got: a canary rolled back after k of its n steps passed, say."""
     if phase == "canary" and isinstance(exc, CheckFailed):
         history = next((d.get("history") for d in exc.details if isinstance(d, dict) and "history" in d), None)
         if history:
-            return int(100 * sum(h["verdict"] == "pass" for h in history) / 3)
+            return int(100 * sum(h["verdict"] == "pass" for h in history) / step_count)
     return 0
 
 
@@ -106,6 +106,12 @@ def migrate_to_gpu(
     """
     where_to, credentials = resolve_target(project, region, service, target)
     profile = gpu_profile or GpuProfile()
+    # Every subflow's parameters are checked here, before the first of them changes anything.
+    params.gpu_profile(profile)
+    params.prefix(where_to.service)
+    checked = params.canary(steps_text=steps, window_s=canary_window_s, probe_requests=probe_requests,
+                            min_requests=min_requests)
+    params.cost_inputs(monthly_job_hours=monthly_job_hours, monthly_service_hours=monthly_service_hours)
     args = (where_to.project, where_to.region, where_to.service)
     runs: dict[str, Callable[[], dict]] = {
         "describe": lambda: describe_revision(*args, target=target),
@@ -115,7 +121,7 @@ def migrate_to_gpu(
                                        probe_requests=probe_requests, min_requests=min_requests,
                                        approve_final=approve_final, notify_block=notify_block, target=target),
     }
-    rows, results, failure = [], {}, None
+    rows, results, failure, crash = [], {}, None, None
     for phase, ja, flow_name in PHASES:
         if failure:
             rows.append({"phase": phase, "ja": ja, "status": "not run", "percent": 0, "evidence": f"stopped: {failure}"})
@@ -126,8 +132,13 @@ def migrate_to_gpu(
             rows.append({"phase": phase, "ja": ja, "status": "done", "percent": percent, "evidence": evidence})
         except (CheckFailed, BadInput) as exc:
             failure = f"{flow_name} failed"
-            rows.append({"phase": phase, "ja": ja, "status": "failed", "percent": _failure_progress(phase, exc),
+            rows.append({"phase": phase, "ja": ja, "status": "failed",
+                         "percent": _failure_progress(phase, exc, len(checked["steps"])),
                          "evidence": str(exc).splitlines()[0]})
+        except Exception as exc:  # recorded like a failure; the subflow left its own changes safe
+            failure, crash = f"{flow_name} could not run", exc
+            rows.append({"phase": phase, "ja": ja, "status": "could not run", "percent": 0,
+                         "evidence": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"})
 
     cr = connect(where_to, credentials)
     serving = revision.traffic(cloudrun.get_service(cr, where_to.service_name) or {})
@@ -139,11 +150,14 @@ def migrate_to_gpu(
     create_markdown_artifact(key=f"migration-{where_to.service}",
                              markdown=checklist_markdown(where_to.service, where(cr), rows, costs, serving))
     result = {"service": where_to.service, "api": where(cr), "phases": rows, "serving": serving, "cost": costs}
+    still = ", ".join(f"{t['revision']} {t['percent']}%" for t in serving if t["percent"])
+    if crash is not None:
+        crashed = next(r for r in rows if r["status"] == "could not run")
+        raise CouldNotRun(f"migration of {where_to.service} stopped: {failure} ({crashed['evidence']}). Still serving: "
+                          f"{still}. Run `gpuops migrate` again to resume: every phase converges.") from crash
     if failure:
-        get_run_logger().warning("migration stopped: %s; the service still serves %s", failure,
-                                 ", ".join(f"{t['revision']} {t['percent']}%" for t in serving if t["percent"]))
-        raise CheckFailed(f"migration of {where_to.service} stopped: {failure}. Still serving: "
-                          + ", ".join(f"{t['revision']} {t['percent']}%" for t in serving if t["percent"]), rows)
+        get_run_logger().warning("migration stopped: %s; the service still serves %s", failure, still)
+        raise CheckFailed(f"migration of {where_to.service} stopped: {failure}. Still serving: {still}", rows)
     return result
 
 

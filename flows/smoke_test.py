@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.cloud_run import CloudRunTarget
 from flows.common import Target, connect, resolve_target, where
-from gpuops import cloudrun, job_plan, smoke
+from gpuops import cloudrun, job_plan, params, smoke, state
 from gpuops.errors import BadInput, CheckFailed
 from gpuops.execution_logs import read_execution_output
 
@@ -33,6 +33,7 @@ def run_gpu_probe(cr: cloudrun.CloudRun, job: str, args: list[str], timeout_s: f
     """One execution of the GPU job with the probe's args, waited for with a bound; its report."""
     overrides = {"containerOverrides": [{"args": args}]}
     started = cloudrun.run_job(cr, job, overrides)
+    state.record_started_execution(started["name"])
     get_run_logger().info("started %s with args %s", cloudrun.short(started["name"]), args)
     try:
         # Locally a poll costs nothing and the probe takes about a second; on Google keep the default.
@@ -172,8 +173,7 @@ def gpu_smoke_test(
         target: a gpuops Cloud Run target block; explicit parameters win over its fields.
     """
     where_to, credentials = resolve_target(project, region, service, target)
-    if requests < 1:
-        raise BadInput(f"requests must be at least 1, got {requests}.")
+    params.smoke_test(prefix_value=prefix, min_vram_gib=min_vram_gib, requests=requests, timeout_s=timeout_s)
     ids = job_plan.resource_ids(prefix or where_to.service)
     cr = connect(where_to, credentials)
     job, gpu = _require(cr, where_to, prefix)

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("--approval-timeout", type=int, default=3600, metavar="SECONDS",
                    help="how long --execute waits for the approval; no answer deletes nothing (default 3600)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
-    p.set_defaults(run=_cleanup, execute=False)
+    p.set_defaults(run=_cleanup, execute=False, uses_prefect=True)
 
 
 def _cleanup(args) -> tuple[dict, int]:

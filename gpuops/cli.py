@@ -7,11 +7,12 @@ import json
 import logging
 import os
 import sys
+import traceback
 from typing import Callable
 
-from gpuops.errors import BadInput, CheckFailed
+from gpuops.errors import BadInput, CheckFailed, CouldNotRun
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_COULD_NOT_RUN = 0, 1, 2, 3
 
 # Modules that add their own subcommands: each has `register(subparsers)`, and its commands
 # set `run(args)` returning a result dict, or (result dict, exit code). Keep them light to import.
@@ -24,8 +25,15 @@ def _emulate(args) -> None:
     serve(args.port, args.seed, run_workloads=args.run_workloads, extra_path=args.extra_path)
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors are bad input like any other: exit 2, and one JSON object with --json."""
+
+    def error(self, message: str):
+        raise BadInput(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpuops", description="GPU operations runbooks as Prefect flows.")
+    parser = Parser(prog="gpuops", description="GPU operations runbooks as Prefect flows.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("emulate", help="run a local emulator (labelled as one)")
@@ -40,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
+    for command in sub.choices.values():
+        command.add_argument("--verbose", action="store_true",
+                             help="show Prefect's logs of failures and the traceback of an internal error")
     return parser
 
 
@@ -47,6 +58,24 @@ def _quiet_logs_to_stderr() -> None:
     # stdout carries the one JSON object; Prefect's console logs must not mix into it.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+
+
+class _NoFailureRecords(logging.Filter):
+    """Prefect logs each failure, traceback included, at ERROR: that stays in the flow run's log in
+    Prefect (and shows with --verbose); the console gets gpuops' own one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+def _quiet_prefect_failures() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler  # Prefect sets up its logging on import
+
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict))]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.addFilter(_NoFailureRecords())
 
 
 def _print(result: dict, as_json: bool) -> None:
@@ -60,27 +89,48 @@ def _print(result: dict, as_json: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "json", False):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Known before parsing, so that even a usage error answers in the form asked for.
+    as_json, verbose = "--json" in argv, "--verbose" in argv
+    if as_json:
         _quiet_logs_to_stderr()
-    run: Callable = args.run
     try:
+        args = build_parser().parse_args(argv)
+        if getattr(args, "uses_prefect", False) and not verbose:
+            _quiet_prefect_failures()
+        run: Callable = args.run
         result = run(args)
     except BadInput as exc:
-        return _fail(args, "bad-input", str(exc), [], EXIT_BAD_INPUT)
+        return _fail(as_json, "bad-input", str(exc), [], EXIT_BAD_INPUT)
     except CheckFailed as exc:
-        return _fail(args, "check-failed", str(exc), exc.details, EXIT_CHECK_FAILED)
+        return _fail(as_json, "check-failed", str(exc), exc.details, EXIT_CHECK_FAILED)
+    except (Exception, KeyboardInterrupt) as exc:  # anything else: gpuops could not do its job
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        return _fail(as_json, "could-not-run", could_not_run_message(exc), [], EXIT_COULD_NOT_RUN)
     code = EXIT_OK
     if isinstance(result, tuple):
         result, code = result
     if result is not None:
-        _print(result, getattr(args, "json", False))
+        _print(result, as_json)
     return code
 
 
-def _fail(args, kind: str, message: str, details: list, code: int) -> int:
-    if getattr(args, "json", False):
-        print(json.dumps({"error": kind, "message": message, "details": details}, indent=2))
+def could_not_run_message(exc: BaseException) -> str:
+    """One line: what failed, and what the operator can do. Flows that change traffic raise
+    CouldNotRun themselves, saying whether they put it back on stable."""
+    if isinstance(exc, CouldNotRun):
+        return str(exc)
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return (f"could not run ({what}). Every gpuops write converges, so running the same command again "
+            "resumes; --verbose shows the traceback, and the flow run's log in Prefect has the details.")
+
+
+def _fail(as_json: bool, kind: str, message: str, details: list, code: int) -> int:
+    if as_json:
+        print(json.dumps({"error": kind, "message": message, "details": details, "exit_code": code},
+                         indent=2, default=str))
     print(f"gpuops: {message}", file=sys.stderr)
     return code
 

@@ -16,6 +16,7 @@ from google.protobuf import json_format
 
 from gpuops import retry
 from gpuops.dicts import is_subset
+from gpuops.errors import CouldNotRun
 
 log = logging.getLogger("gpuops.cloudrun")
 
@@ -181,15 +182,19 @@ def create_service(cr: CloudRun, name: str, body: dict) -> dict:
     return _write(cr, "create service", run_v2.Service, name, body, start, get_service)
 
 
-def update_service(cr: CloudRun, name: str, body: dict) -> dict:
-    # A lost answer after a template change must not be sent again blindly: read back first.
-    msg = from_dict(run_v2.Service, {**body, "name": name})
+def update_service(cr: CloudRun, name: str, body: dict, etag: str | None = None) -> dict:
+    """Replace the service; with `etag` (the one read), Google refuses it (409) if another write came between.
+
+    A lost answer after a template change must not be sent again blindly: read back first. A resend
+    keeps the etag: if the write did not take, nothing changed it, so the etag is still current.
+    """
+    msg = from_dict(run_v2.Service, {**body, "name": name, **({"etag": etag} if etag else {})})
     start = lambda: cr.services.update_service(service=msg, retry=None, timeout=CALL_TIMEOUT_S)
     return _write(cr, "update service", run_v2.Service, name, body, start, get_service)
 
 
 # UpdateService replaces the whole service: send back what the caller may set, nothing the
-# server owns. The etag stays out: after a lost answer the retry would carry a stale one.
+# server owns. The etag travels beside the spec (update_service's `etag`).
 WRITABLE = ("description", "labels", "annotations", "client", "clientVersion", "ingress", "launchStage",
             "binaryAuthorization", "template", "traffic", "scaling", "invokerIamDisabled",
             "defaultUriDisabled", "customAudiences")
@@ -199,19 +204,46 @@ def service_spec(service: dict) -> dict:
     return {k: v for k, v in service.items() if k in WRITABLE}
 
 
-def update_traffic(cr: CloudRun, name: str, traffic: list[dict], annotations: dict | None = None,
-                   template: dict | None = None) -> dict:
-    """Set the traffic split (and annotations, a template) in one write, keeping the rest as it is."""
-    current = get_service(cr, name)
-    if current is None:
-        raise gexc.NotFound(f"service {name} does not exist")
-    spec = service_spec(current)
-    spec["traffic"] = traffic
-    if annotations:
-        spec["annotations"] = {**spec.get("annotations", {}), **annotations}
-    if template is not None:
-        spec["template"] = template
-    return update_service(cr, name, spec)
+class ConcurrentChange(CouldNotRun):
+    """Another writer kept changing a resource between gpuops' read and its write."""
+
+
+@dataclass(frozen=True)
+class TrafficChange:
+    """What a traffic write sets: the split, annotations merged in, and optionally the template."""
+
+    traffic: list[dict]
+    annotations: dict = field(default_factory=dict)
+    template: dict | None = None
+
+
+def update_traffic(cr: CloudRun, name: str, decide, attempts: int = 3) -> dict:
+    """Read the service, let `decide(service)` say what to write, and write it with the etag read.
+
+    `decide` returns a TrafficChange, or None when nothing needs writing; it raises to refuse. When
+    another writer gets in between (409), the service is read again and `decide` asked again:
+    gpuops never overwrites a change it has not seen.
+    """
+    for attempt in range(1, attempts + 1):
+        current = get_service(cr, name)
+        if current is None:
+            raise gexc.NotFound(f"service {name} does not exist")
+        change = decide(current)
+        if change is None:
+            return current
+        spec = service_spec(current)
+        spec["traffic"] = change.traffic
+        if change.annotations:
+            spec["annotations"] = {**spec.get("annotations", {}), **change.annotations}
+        if change.template is not None:
+            spec["template"] = change.template
+        try:
+            return update_service(cr, name, spec, etag=current.get("etag"))
+        except gexc.Conflict:
+            log.warning("service %s changed while gpuops wrote its traffic (try %d of %d): reading it again",
+                        short(name), attempt, attempts)
+    raise ConcurrentChange(f"service {short(name)} kept changing while gpuops tried to set its traffic "
+                           f"({attempts} tries); nothing of gpuops' was written over it. Run the command again.")
 
 
 def delete_service(cr: CloudRun, name: str) -> bool:
@@ -236,8 +268,8 @@ def create_job(cr: CloudRun, name: str, body: dict) -> dict:
     return _write(cr, "create job", run_v2.Job, name, body, start, get_job)
 
 
-def update_job(cr: CloudRun, name: str, body: dict) -> dict:
-    msg = from_dict(run_v2.Job, {**body, "name": name})
+def update_job(cr: CloudRun, name: str, body: dict, etag: str | None = None) -> dict:
+    msg = from_dict(run_v2.Job, {**body, "name": name, **({"etag": etag} if etag else {})})
     start = lambda: cr.jobs.update_job(job=msg, retry=None, timeout=CALL_TIMEOUT_S)
     return _write(cr, "update job", run_v2.Job, name, body, start, get_job)
 

@@ -45,5 +45,5 @@ def release(project: str, region: str, service: str, bad: bool) -> None:
         env.append({"name": "SAMPLE_APP_FAIL", "value": "generate"})
     template["containers"][0]["env"] = env
     template["labels"] = {**template.get("labels", {}), "release": "bad" if bad else "fixed"}
-    cloudrun.update_traffic(cr, name, [{"type": traffic.REVISION_TYPE, "revision": stable, "percent": 100}],
-                            template=template)
+    split = [{"type": traffic.REVISION_TYPE, "revision": stable, "percent": 100}]
+    cloudrun.update_traffic(cr, name, lambda _service: cloudrun.TrafficChange(split, template=template))

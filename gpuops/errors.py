@@ -1,4 +1,4 @@
-"""The two kinds of failure an operator must tell apart (CLI exit 2 and exit 1)."""
+"""The kinds of failure an operator must tell apart (CLI exit 2, 1 and 3)."""
 from __future__ import annotations
 
 
@@ -12,3 +12,10 @@ class CheckFailed(RuntimeError):
     def __init__(self, message: str, details: list | None = None):
         super().__init__(message)
         self.details = details or []
+
+
+class CouldNotRun(RuntimeError):
+    """gpuops could not do its job (an internal error, an API unreachable after retries) (exit 3).
+
+    The message says what was left: back in the safe state, or resumable and how.
+    """

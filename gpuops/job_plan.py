@@ -8,10 +8,10 @@ from gpuops.gpu_rules import GpuSpec, Violation, gpu_table
 
 REDACTED = "<redacted>"
 GEN2 = "EXECUTION_ENVIRONMENT_GEN2"
-MAX_NAME = 49  # Cloud Run service and job IDs
 
 ROLES = ("cpu_job", "gpu_job", "gpu_service")
 KIND = {"cpu_job": "job", "gpu_job": "job", "gpu_service": "service"}
+MANAGED_BY = ("managed-by", "gpuops")  # the label that says gpuops created a resource
 
 
 def resource_ids(prefix: str) -> dict[str, str]:
@@ -19,16 +19,12 @@ def resource_ids(prefix: str) -> dict[str, str]:
     return {"cpu_job": f"{prefix}-cpu-job", "gpu_job": f"{prefix}-gpu-job", "gpu_service": f"{prefix}-gpu"}
 
 
-def check_names(ids: dict[str, str]) -> list[Violation]:
-    too_long = [rid for rid in ids.values() if len(rid) > MAX_NAME]
-    if not too_long:
-        return []
-    return [Violation("name-length", "prefix", f"{', '.join(too_long)} exceed the {MAX_NAME} characters Cloud Run allows.",
-                      f"pass a shorter prefix (at most {MAX_NAME - len('-cpu-job')} characters).")]
+def managed_by_gpuops(resource: dict) -> bool:
+    return (resource.get("labels") or {}).get(MANAGED_BY[0]) == MANAGED_BY[1]
 
 
 def _labels(role: str, service: str) -> dict:
-    return {"managed-by": "gpuops", "gpuops-role": role.replace("_", "-"), "gpuops-source-service": service}
+    return {MANAGED_BY[0]: MANAGED_BY[1], "gpuops-role": role.replace("_", "-"), "gpuops-source-service": service}
 
 
 def _job_container(src: dict, limits: dict) -> dict:

@@ -11,6 +11,7 @@ def service_args(p: argparse.ArgumentParser, prefix: bool = True) -> None:
     if prefix:
         p.add_argument("--prefix", help="name prefix of the migration's resources (default: the service name)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
+    p.set_defaults(uses_prefect=True)
 
 
 def profile_args(p: argparse.ArgumentParser) -> None:
@@ -31,14 +32,27 @@ def check_target(args) -> None:
 
 def gpu_profile(args):
     from blocks.cloud_run import GpuProfile
+    from gpuops import params
 
     given = {"gpu_type": args.gpu_type, "cpu": args.cpu, "memory": args.memory,
              "max_instances": args.max_instances, "gpu_zonal_redundancy": args.gpu_zonal_redundancy}
-    return GpuProfile(**{k: v for k, v in given.items() if v is not None})
+    profile = GpuProfile(**{k: v for k, v in given.items() if v is not None})
+    params.gpu_profile(profile)
+    return profile
+
+
+def check_canary_args(args) -> None:
+    from gpuops import params
+
+    params.canary(steps_text=args.steps, window_s=args.window_s, probe_requests=args.probe_requests,
+                  min_requests=args.min_requests, metrics=getattr(args, "metrics", "probe"))
 
 
 def _target(args) -> tuple:
+    from gpuops import params
+
     check_target(args)
+    params.prefix(getattr(args, "prefix", None))
     return args.project, args.region, args.service
 
 
@@ -51,8 +65,9 @@ def _describe(args) -> dict:
 def _create_jobs(args) -> dict:
     from flows.create_jobs import create_jobs
 
-    return create_jobs(*_target(args), gpu_profile=gpu_profile(args), dry_run=args.dry_run,
-                       require_secret_refs=args.require_secret_refs, prefix=args.prefix)
+    target, profile = _target(args), gpu_profile(args)
+    return create_jobs(*target, gpu_profile=profile, dry_run=args.dry_run,
+                       require_secret_refs=args.require_secret_refs, prefix=args.prefix, adopt=args.adopt)
 
 
 def _smoke_test(args) -> dict:
@@ -64,7 +79,9 @@ def _smoke_test(args) -> dict:
 def _canary(args) -> dict:
     from flows.canary import canary_shift
 
-    return canary_shift(*_target(args), steps=args.steps, gpu_profile=gpu_profile(args),
+    target, profile = _target(args), gpu_profile(args)
+    check_canary_args(args)
+    return canary_shift(*target, steps=args.steps, gpu_profile=profile,
                         window_s=args.window_s, probe_requests=args.probe_requests,
                         min_requests=args.min_requests, approve_final=args.approve_final, metrics=args.metrics)
 
@@ -72,13 +89,15 @@ def _canary(args) -> dict:
 def _rollback(args) -> dict:
     from flows.rollback import rollback
 
-    return rollback(*_target(args), prefix=args.prefix)
+    return rollback(*_target(args), prefix=args.prefix, to_revision=args.to_revision)
 
 
 def _migrate(args) -> dict:
     from flows.migrate import migrate_to_gpu
 
-    return migrate_to_gpu(*_target(args), gpu_profile=gpu_profile(args), steps=args.steps,
+    target, profile = _target(args), gpu_profile(args)
+    check_canary_args(args)
+    return migrate_to_gpu(*target, gpu_profile=profile, steps=args.steps,
                           canary_window_s=args.window_s, probe_requests=args.probe_requests,
                           min_requests=args.min_requests, approve_final=args.approve_final)
 
@@ -102,6 +121,8 @@ def register(subparsers) -> None:
     p.add_argument("--require-secret-refs", action="store_true",
                    help="refuse when a plaintext env value looks like a secret")
     p.add_argument("--dry-run", action="store_true", help="print the request bodies and change nothing")
+    p.add_argument("--adopt", action="store_true",
+                   help="update (and label as gpuops') an existing job or GPU service that gpuops did not create")
     p.set_defaults(run=_create_jobs)
 
     p = subparsers.add_parser("smoke-test",
@@ -122,6 +143,8 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("rollback", help="all traffic back to the stable revision (phase 8-B)")
     service_args(p)
+    p.add_argument("--to", "--to-revision", dest="to_revision", metavar="REVISION",
+                   help="the revision to send all traffic to, when no canary state says which is stable")
     p.set_defaults(run=_rollback)
 
     p = subparsers.add_parser("migrate", help="describe, create jobs, smoke test and canary in one flow")

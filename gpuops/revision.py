@@ -101,6 +101,7 @@ def summarize(service: dict, revision: dict) -> dict:
         "service": short(service["name"]),
         "service_name": service["name"],
         "uri": service.get("uri"),
+        "generation": service.get("generation"),
         "revision": short(revision["name"]),
         "image": container.get("image"),
         "execution_environment": execution_environment(revision),

@@ -57,9 +57,9 @@ def parse_steps(text: str | list[int]) -> tuple[int, ...]:
     try:
         steps = tuple(int(s) for s in (text.split(",") if isinstance(text, str) else text))
     except ValueError:
-        raise ValueError(f"steps {text!r} must be whole percentages like 20,80,100") from None
+        raise ValueError("must be whole percentages like 20,80,100") from None
     if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
-        raise ValueError(f"steps {text!r} must rise strictly from above 0 and end at 100 (e.g. 20,80,100)")
+        raise ValueError("must rise strictly from above 0 and end at 100 (e.g. 20,80,100)")
     return steps
 
 
@@ -78,15 +78,62 @@ def all_to(revision: str, others: list[dict]) -> list[dict]:
     return [{"type": REVISION_TYPE, "revision": revision, "percent": 100, "tag": tag}, *keep]
 
 
+def serving(service: dict) -> dict[str, int]:
+    """Revision -> the share it serves now (only those above 0%), as the service reports it."""
+    from gpuops.revision import traffic as served_traffic
+
+    shares: dict[str, int] = {}
+    for row in served_traffic(service):
+        if row["percent"] > 0:
+            shares[row["revision"]] = shares.get(row["revision"], 0) + row["percent"]
+    return shares
+
+
 def serving_percent(service: dict, revision: str) -> int:
     """The share `revision` gets now, from what the service reports it serves."""
-    total = 0
-    latest = service.get("latestReadyRevision", "").rsplit("/", 1)[-1]
-    for t in service.get("trafficStatuses") or service.get("traffic") or []:
-        name = t.get("revision") or (latest if t.get("type", "").endswith("LATEST") else "")
-        if name.rsplit("/", 1)[-1] == revision:
-            total += int(t.get("percent", 0))
-    return total
+    return serving(service).get(revision, 0)
+
+
+def _strangers(service: dict, known: tuple[str, ...]) -> list[str]:
+    return [f"{rev} serves {pct}%" for rev, pct in sorted(serving(service).items()) if rev not in known]
+
+
+def interference(service: dict, state: CanaryState) -> str | None:
+    """What another writer changed since this canary's last write, or None.
+
+    The canary then stops without writing: a deploy that landed in between is never overwritten.
+    """
+    recorded = CanaryState.from_service(service)
+    if recorded is None or (recorded.stable, recorded.candidate) != (state.stable, state.candidate):
+        return "the canary state on the service is gone or names other revisions"
+    template_revision = (service.get("template") or {}).get("revision")
+    if template_revision != state.candidate:
+        return f"the service template was changed (now {template_revision or 'an unnamed new revision'})"
+    return stale_since_canary(service, state)
+
+
+def stale_since_canary(service: dict, state: CanaryState) -> str | None:
+    """For a rollback: traffic on revisions the canary never set means someone deployed since."""
+    strangers = _strangers(service, (state.stable, state.candidate))
+    return "; ".join(strangers) if strangers else None
+
+
+def drift_since_snapshot(service: dict, snapshot: dict) -> list[str]:
+    """How the live service differs from the describe snapshot: generation, latest revision, traffic."""
+    from gpuops.revision import short
+
+    changed = []
+    if snapshot.get("generation") is not None and str(service.get("generation")) != str(snapshot["generation"]):
+        changed.append(f"generation {snapshot['generation']} -> {service.get('generation')}")
+    latest = short(service.get("latestReadyRevision", ""))
+    if latest != snapshot["revision"]:
+        changed.append(f"latest ready revision {snapshot['revision']} -> {latest}")
+    then = {t["revision"]: t["percent"] for t in snapshot.get("traffic", []) if t["percent"] > 0}
+    if serving(service) != then:
+        now_text = ", ".join(f"{r} {p}%" for r, p in sorted(serving(service).items()))
+        then_text = ", ".join(f"{r} {p}%" for r, p in sorted(then.items()))
+        changed.append(f"traffic {then_text} -> {now_text}")
+    return changed
 
 
 # --- gates ---------------------------------------------------------------------------------
@@ -147,11 +194,12 @@ def judge(window: Window, gates: Gates) -> Verdict:
         failed.append(f"p95 latency {p95:.0f} ms over {gates.max_p95_ms:.0f} ms")
     if failed:
         return Verdict("fail", tuple(failed))
-    if window.requests < gates.min_requests:
-        return Verdict("inconclusive", (f"{window.requests} requests, fewer than the {gates.min_requests} "
+    # A window that saw nothing proves nothing, whatever minimum was asked for.
+    if window.requests < max(gates.min_requests, 1):
+        return Verdict("inconclusive", (f"{window.requests} requests, fewer than the {max(gates.min_requests, 1)} "
                                         "a verdict needs: holding, not promoting",))
-    return Verdict("pass", (f"{window.requests} requests, error rate {window.error_rate:.1%}, "
-                            f"p95 {p95:.0f} ms",))
+    p95_text = "p95 not measured" if p95 is None else f"p95 {p95:.0f} ms"
+    return Verdict("pass", (f"{window.requests} requests, error rate {window.error_rate:.1%}, {p95_text}",))
 
 
 # --- the state machine ---------------------------------------------------------------------

@@ -35,7 +35,8 @@ def revisions(gpu_cloud_run):
                                         {"name": "SAMPLE_APP_LATENCY_MS", "value": "120"}]
     targets = [{"type": traffic.REVISION_TYPE, "revision": stable, "percent": 100, "tag": "stable"},
                {"type": traffic.REVISION_TYPE, "revision": f"{S}-bad", "percent": 0, "tag": "bad"}]
-    cloudrun.update_traffic(cr, NAME, targets, template={**template, "revision": f"{S}-bad"})
+    change = cloudrun.TrafficChange(targets, template={**template, "revision": f"{S}-bad"})
+    cloudrun.update_traffic(cr, NAME, lambda _service: change)
     urls = {t["tag"]: t["uri"] for t in cloudrun.get_service(cr, NAME)["trafficStatuses"]}
     return {"stable": (stable, urls["stable"]), "bad": (f"{S}-bad", urls["bad"])}
 

@@ -46,7 +46,7 @@ def test_a_bad_release_is_rolled_back_at_20_percent_on_monitoring_figures(cr):
 
 def test_an_unknown_metrics_source_is_refused_before_any_change(cr, gpu_cloud_run):
     revisions = len(cloudrun.list_revisions(cr, NAME))
-    with pytest.raises(BadInput, match="metrics 'datadog' is not one of: probe, cloud-monitoring"):
+    with pytest.raises(BadInput, match=r"metrics \(--metrics\) 'datadog' is not one of probe, cloud-monitoring"):
         canary_shift(P, R, S, **{**FAST, "metrics": "datadog"})
     assert len(cloudrun.list_revisions(cr, NAME)) == revisions
     assert traffic.CanaryState.from_service(cloudrun.get_service(cr, NAME)) is None

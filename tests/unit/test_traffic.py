@@ -96,3 +96,45 @@ def test_serving_percent_reads_latest_and_named_targets():
         {"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 30},
         {"revision": "a", "percent": 70}]}
     assert traffic.serving_percent(service, "b") == 30 and traffic.serving_percent(service, "a") == 70
+
+
+def test_a_window_that_saw_nothing_never_passes_even_with_a_zero_minimum():
+    verdict = traffic.judge(Window(requests=0, errors=0), Gates(min_requests=0))
+    assert verdict.outcome == "inconclusive"
+
+
+def test_a_pass_without_latencies_says_p95_was_not_measured():
+    verdict = traffic.judge(Window(requests=20, errors=0), GATES)
+    assert verdict.outcome == "pass" and "p95 not measured" in verdict.reasons[0]
+
+
+def _service(shares: dict, template_revision="svc-gpu-1", canary=None):
+    annotations = {traffic.STATE_ANNOTATION: (canary or state()).to_annotation()}
+    return {"annotations": annotations, "template": {"revision": template_revision},
+            "trafficStatuses": [{"revision": r, "percent": p} for r, p in shares.items()]}
+
+
+def test_a_canary_sees_no_interference_on_what_it_wrote():
+    assert traffic.interference(_service({"svc-00001-abc": 80, "svc-gpu-1": 20}), state(step=0)) is None
+
+
+def test_a_deploy_between_steps_is_interference():
+    deployed = _service({"svc-00002-new": 100}, template_revision="svc-00002-new")
+    assert "template" in traffic.interference(deployed, state())
+    moved = _service({"svc-00001-abc": 50, "svc-00009-x": 50})
+    assert "svc-00009-x serves 50%" in traffic.interference(moved, state())
+    other = _service({"svc-00001-abc": 100}, canary=CanaryState(stable="a", candidate="b", steps=(100,)))
+    assert "names other revisions" in traffic.interference(other, state())
+
+
+def test_drift_since_snapshot_names_generation_revision_and_traffic():
+    snapshot = {"generation": "1", "revision": "svc-00001-abc",
+                "traffic": [{"revision": "svc-00001-abc", "percent": 100}]}
+    same = {"generation": "1", "latestReadyRevision": "p/svc-00001-abc",
+            "trafficStatuses": [{"revision": "svc-00001-abc", "percent": 100}]}
+    assert traffic.drift_since_snapshot(same, snapshot) == []
+    moved = {"generation": "2", "latestReadyRevision": "p/svc-00002-def",
+             "trafficStatuses": [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}]}
+    drift = traffic.drift_since_snapshot(moved, snapshot)
+    assert drift == ["generation 1 -> 2", "latest ready revision svc-00001-abc -> svc-00002-def",
+                     "traffic svc-00001-abc 100% -> svc-00002-def 100%"]

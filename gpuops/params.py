@@ -1,0 +1,151 @@
+"""Every parameter's rule in one place: the CLI and the flows check a whole request here before any write."""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from gpuops.errors import BadInput
+
+NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # Cloud Run service and job IDs
+MAX_NAME = 49  # Cloud Run service and job IDs
+LONGEST_SUFFIX = "-cpu-job"  # of the migration's resources: <prefix>-cpu-job, -gpu-job, -gpu
+METRICS = ("probe", "cloud-monitoring")
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def bad(field: str, value: Any, why: str, fix: str) -> BadInput:
+    """A refusal that names the parameter (as the flow and the CLI call it), the value and the fix."""
+    return BadInput(f"{field} ({_flag(field)}) {value!r} {why}: {fix}.")
+
+
+def number(field: str, value: Any, *, low: float | None = None, high: float | None = None,
+           low_open: bool = False, integer: bool = False, unit: str = "", example: str = "") -> float | int:
+    """A finite number within [low, high] (or (low, high] when `low_open`), else BadInput naming it."""
+    fix = f"pass e.g. {_flag(field)} {example}" if example else "pass a number in range"
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        parsed = int(value) if integer and float(value) == int(float(value)) else float(value)
+    except (TypeError, ValueError):
+        raise bad(field, value, f"is not {'a whole number' if integer else 'a number'}", fix) from None
+    if integer and not isinstance(parsed, int):
+        raise bad(field, value, "is not a whole number", fix)
+    if not math.isfinite(parsed):
+        raise bad(field, value, "is not a finite number", fix)
+    unit = f" {unit}" if unit else ""
+    if low is not None and (parsed <= low if low_open else parsed < low):
+        raise bad(field, value, f"must be {'above' if low_open else 'at least'} {low:g}{unit}", fix)
+    if high is not None and parsed > high:
+        raise bad(field, value, f"must be at most {high:g}{unit}", fix)
+    return parsed
+
+
+def count(field: str, value: Any, low: int = 1, high: int | None = None, example: str = "") -> int:
+    return int(number(field, value, low=low, high=high, integer=True, example=example or str(max(low, 1))))
+
+
+def seconds(field: str, value: Any, high: float | None = None, example: str = "30") -> float:
+    return float(number(field, value, low=0, low_open=True, high=high, unit="seconds", example=example))
+
+
+def resource_name(field: str, value: Any, reserve: str = "") -> str:
+    """A Cloud Run ID (lowercase letters, digits, hyphens), short enough to take `reserve` after it."""
+    longest = MAX_NAME - len(reserve)
+    fix = f"use lowercase letters, digits and hyphens, starting with a letter, at most {longest} characters"
+    if not isinstance(value, str) or not NAME.match(value):
+        raise bad(field, value, "is not a valid Cloud Run name", fix)
+    if len(value) > longest:
+        raise bad(field, value, f"is {len(value)} characters; with {reserve!r} it exceeds Cloud Run's "
+                                f"{MAX_NAME}", fix)
+    return value
+
+
+def revision(field: str, value: str | None) -> str | None:
+    """A revision ID as Cloud Run names them (`svc-00001-abc`), up to 63 characters."""
+    if value is not None and (not isinstance(value, str) or not NAME.match(value) or len(value) > 63):
+        raise bad(field, value, "is not a Cloud Run revision name", "pass e.g. my-service-00001-abc "
+                  "(`gpuops describe` lists the serving revisions)")
+    return value
+
+
+def prefix(value: str | None) -> str | None:
+    return None if value is None else resource_name("prefix", value, reserve=LONGEST_SUFFIX)
+
+
+def steps(value: Any) -> tuple[int, ...]:
+    from gpuops.traffic import parse_steps
+
+    try:
+        return parse_steps(value)
+    except ValueError as exc:
+        raise bad("steps", value, str(exc), "pass e.g. --steps 20,80,100") from None
+
+
+def choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise bad(field, value, "is not one of " + ", ".join(choices), f"pass {_flag(field)} {choices[0]}")
+    return value
+
+
+# --- groups: each flow checks its whole request with one of these --------------------------
+
+
+def gpu_profile(profile) -> None:
+    """The GPU profile's quantities and counts (Cloud Run's GPU rules are judged later, in gpu_rules)."""
+    from gpuops.units import cpu_cores, memory_bytes
+
+    for field, parse, example in (("cpu", cpu_cores, "8"), ("memory", memory_bytes, "32Gi")):
+        value = getattr(profile, field)
+        try:
+            amount = parse(value)
+        except ValueError as exc:
+            raise bad(field, value, "is not a quantity", f"{exc}; pass e.g. --{field} {example}") from None
+        if amount <= 0:
+            raise bad(field, value, "must be above 0", f"pass e.g. --{field} {example}")
+    count("max_instances", profile.max_instances, low=1, example="3")
+    count("min_instances", profile.min_instances, low=0, high=profile.max_instances, example="0")
+    count("gpu_count", profile.gpu_count, low=1)
+    count("concurrency", profile.concurrency, low=1, high=1000, example="1")
+    count("timeout_seconds", profile.timeout_seconds, low=1, high=3600, example="1800")  # Cloud Run's request cap
+    count("job_max_retries", profile.job_max_retries, low=0, high=10, example="3")
+    count("job_task_count", profile.job_task_count, low=1, example="1")
+
+
+def canary(*, steps_text: Any, window_s: Any, probe_requests: Any, min_requests: Any, max_error_rate: Any = 0.01,
+           max_p95_ms: Any = 5000.0, max_holds: Any = 2, approval_timeout_s: Any = 3600,
+           metrics: str = "probe") -> dict:
+    """A canary's whole request; a window that can never pass (fewer probes than the minimum) is refused."""
+    checked = {
+        "steps": steps(steps_text),
+        "window_s": seconds("window_s", window_s, high=86400),
+        "probe_requests": count("probe_requests", probe_requests, low=1, example="30"),
+        "min_requests": count("min_requests", min_requests, low=1, example="20"),
+        "max_error_rate": float(number("max_error_rate", max_error_rate, low=0, high=1, example="0.01")),
+        "max_p95_ms": float(number("max_p95_ms", max_p95_ms, low=0, low_open=True, unit="ms", example="5000")),
+        "max_holds": count("max_holds", max_holds, low=0, example="2"),
+        "approval_timeout_s": seconds("approval_timeout_s", approval_timeout_s, example="3600"),
+        "metrics": choice("metrics", metrics, METRICS),
+    }
+    if metrics == "probe" and checked["min_requests"] > checked["probe_requests"]:
+        raise bad("min_requests", min_requests, f"is more than the {checked['probe_requests']} probe requests a "
+                  "window sends, so no window could ever pass", "lower --min-requests or raise --probe-requests")
+    return checked
+
+
+def smoke_test(*, prefix_value: str | None = None, min_vram_gib: Any = None, requests: Any = 3,
+               timeout_s: Any = 600) -> None:
+    prefix(prefix_value)
+    if min_vram_gib is not None:
+        number("min_vram_gib", min_vram_gib, low=0, low_open=True, unit="GiB", example="16")
+    count("requests", requests, low=1, example="3")
+    seconds("timeout_s", timeout_s, example="600")
+
+
+def cost_inputs(**hours: Any) -> None:
+    for field, value in hours.items():
+        number(field, value, low=0, high=744, unit="hours a month", example="100")
+
