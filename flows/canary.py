@@ -245,6 +245,13 @@ def _back_to_stable_after(exc: Exception, cr, target: Target, notify_block) -> C
     says what is left and how to finish (the state on the service lets `rollback` or a re-run do it)."""
     what = type(exc).__name__ + (f": {str(exc).splitlines()[0][:200]}" if str(exc).strip() else "")
     try:
+        service = cloudrun.get_service(cr, target.service_name)
+        recorded = CanaryState.from_service(service) if service is not None else None
+        if service is not None and (recorded is None or not recorded.live):
+            # Failed before the candidate landed: this run changed nothing to undo.
+            message = f"canary of {target.service} stopped on an unexpected error ({what}) before any change."
+            notify(notify_block, f"gpuops canary of {target.service} failed", message)
+            return CouldNotRun(message)
         changes = restore_stable(cr, target, (f"unexpected error: {what}",))
     except Exception as again:
         message = (f"canary of {target.service} stopped on an unexpected error ({what}), and putting traffic back "

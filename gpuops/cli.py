@@ -65,16 +65,18 @@ class _NoFailureRecords(logging.Filter):
     Prefect (and shows with --verbose); the console gets gpuops' own one line instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR
+        return record.levelno < logging.ERROR or not record.name.startswith("prefect")
 
 
 def _quiet_prefect_failures() -> None:
-    from prefect.logging.handlers import PrefectConsoleHandler  # Prefect sets up its logging on import
+    import prefect.logging  # noqa: F401  Prefect sets up its console handlers on import
 
     loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict))]
     for logger in loggers:
         for handler in getattr(logger, "handlers", []):
-            if isinstance(handler, PrefectConsoleHandler):
+            # Console handlers only (Prefect's, and the stderr one --json sets up); the handler that
+            # ships logs to the Prefect API keeps every record.
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 handler.addFilter(_NoFailureRecords())
 
 

@@ -72,8 +72,11 @@ def _create_jobs(args) -> dict:
 
 def _smoke_test(args) -> dict:
     from flows.smoke_test import gpu_smoke_test
+    from gpuops import params
 
-    return gpu_smoke_test(*_target(args), prefix=args.prefix, min_vram_gib=args.min_vram_gib)
+    target = _target(args)
+    params.smoke_test(prefix_value=args.prefix, min_vram_gib=args.min_vram_gib)
+    return gpu_smoke_test(*target, prefix=args.prefix, min_vram_gib=args.min_vram_gib)
 
 
 def _canary(args) -> dict:
@@ -88,8 +91,11 @@ def _canary(args) -> dict:
 
 def _rollback(args) -> dict:
     from flows.rollback import rollback
+    from gpuops import params
 
-    return rollback(*_target(args), prefix=args.prefix, to_revision=args.to_revision)
+    target = _target(args)
+    params.revision("to_revision", args.to_revision)
+    return rollback(*target, prefix=args.prefix, to_revision=args.to_revision)
 
 
 def _migrate(args) -> dict:

@@ -2,7 +2,7 @@
 
 from .cloudrun import EMULATOR_LABEL, CloudRunState, Fault, LoggedRequest
 from .cloudrun_common import ApiError
-from .cloudrun_jobs import ExecutionRunner, InstantSuccessRunner
+from .cloudrun_jobs import ExecutionRunner, InstantSuccessRunner, RunsUntilCancelled
 from .cloudrun_server import CloudRunEmulator, main, serve
 from .workloads import ProcessRunner
 
@@ -14,6 +14,7 @@ __all__ = [
     "ExecutionRunner",
     "Fault",
     "InstantSuccessRunner",
+    "RunsUntilCancelled",
     "LoggedRequest",
     "ProcessRunner",
     "main",

@@ -67,6 +67,20 @@ class InstantSuccessRunner:
         return None
 
 
+class RunsUntilCancelled:
+    """A runner whose tasks never finish on their own: an execution stays running until cancelled
+    (a long GPU job, as a rollback finds it). Records what it was asked to cancel."""
+
+    def __init__(self):
+        self.cancelled: list[str] = []
+
+    def start(self, execution, tasks, report) -> None:
+        return None
+
+    def cancel(self, execution_name: str) -> None:
+        self.cancelled.append(execution_name)
+
+
 def default_task_template(template: Message) -> None:
     """Google's job defaults: one task, three retries, ten minutes per task."""
     if not template.task_count:

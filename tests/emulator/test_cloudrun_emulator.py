@@ -14,7 +14,7 @@ from google.api_core import retry as gretry
 from google.api_core.future import polling
 from google.cloud import run_v2
 
-from gpuops.emulator import EMULATOR_LABEL, CloudRunState
+from gpuops.emulator import EMULATOR_LABEL, CloudRunState, RunsUntilCancelled
 from gpuops.emulator.cloudrun import emulated_uri
 
 PARENT = "projects/demo/locations/us-central1"
@@ -53,19 +53,6 @@ def create_job(run, job_id: str = "batch") -> run_v2.Job:
 
 def short(name: str) -> str:
     return name.rsplit("/", 1)[-1]
-
-
-class NeverFinishes:
-    """A runner that leaves tasks running, so an execution can be cancelled."""
-
-    def __init__(self):
-        self.cancelled: list[str] = []
-
-    def start(self, execution, tasks, report):
-        return None
-
-    def cancel(self, execution_name):
-        self.cancelled.append(execution_name)
 
 
 class ExitsWith:
@@ -337,7 +324,7 @@ def test_run_applies_overrides(run):
 
 
 def test_cancel_a_running_execution_then_cancel_again_is_a_no_op(emu, run):
-    runner = emu.runner = NeverFinishes()
+    runner = emu.runner = RunsUntilCancelled()
     job = create_job(run)
     op = run.jobs.run_job(name=job.name)
     assert not op.done()
