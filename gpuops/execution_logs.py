@@ -1,10 +1,14 @@
-"""Adapter: a Cloud Run job execution's output, from the emulator's log endpoint or Cloud Logging."""
+"""Adapter: a Cloud Run job execution's output, read through Cloud Logging v2 `entries:list`.
+
+One code path for Google and the emulator (which serves `POST /v2/entries:list` on its own base URL);
+only the endpoint and the credentials differ.
+"""
 from __future__ import annotations
 
 import json
 import logging
+import os
 
-import httpx
 from google.api_core import exceptions as gexc
 
 from gpuops import retry
@@ -12,37 +16,17 @@ from gpuops.cloudrun import CloudRun, short
 
 log = logging.getLogger("gpuops.execution_logs")
 
-LOGGING_LIST_URL = "https://logging.googleapis.com/v2/entries:list"
+LOGGING_ENV = "GPUOPS_LOGGING_API"
+GOOGLE_LOGGING = "https://logging.googleapis.com"
 LOGGING_SCOPE = "https://www.googleapis.com/auth/logging.read"
 CALL_TIMEOUT_S = 60.0
-PAGE_SIZE = 1000
+PAGE_SIZE = 1000  # entries.list's maximum
 MAX_PAGES = 20  # a probe prints one line; a job that logs more than 20k lines is not read whole
 
 
-def read_execution_output(cr: CloudRun, execution: dict, credentials=None) -> str:
-    """The execution's output lines in order ("" when there are none yet)."""
-    what = f"read logs of {short(execution['name'])}"
-    if cr.is_emulator:
-        return retry.call(what, lambda: _emulator_logs(cr.endpoint, execution["name"]), backoff=cr.backoff)
-    return _cloud_logging(execution, credentials, what, cr.backoff)
-
-
-def _emulator_logs(endpoint: str, name: str) -> str:
-    try:
-        answer = httpx.get(f"{endpoint}/emulator/v1/logs/{name}", timeout=CALL_TIMEOUT_S, trust_env=False)
-    except httpx.TransportError as exc:  # retry.call knows google's transient errors, not httpx's
-        raise gexc.ServiceUnavailable(f"emulator log endpoint unreachable: {exc!r}") from exc
-    if answer.status_code == 404:
-        log.warning("no output recorded for %s: %s", name, answer.text.strip())
-        return ""
-    if answer.status_code >= 400:
-        raise gexc.from_http_status(answer.status_code, answer.text.strip())
-    return answer.text
-
-
-# --- Google Cloud Logging --------------------------------------------------------------
-# Not exercised by the tests: there is no Cloud Logging stand-in here and no network. It follows
-# the documented entries.list REST API; check it once against a real project before relying on it.
+def logging_endpoint(cr: CloudRun) -> str:
+    """`GPUOPS_LOGGING_API` wins; else the emulator's own base URL; else Google's Logging API."""
+    return (os.environ.get(LOGGING_ENV) or (cr.endpoint if cr.is_emulator else None) or GOOGLE_LOGGING).rstrip("/")
 
 
 def log_filter(execution: dict) -> str:
@@ -60,27 +44,69 @@ def entry_text(entry: dict) -> str:
     return str(entry.get("textPayload", "")).rstrip("\n")
 
 
-def _cloud_logging(execution: dict, credentials, what: str, backoff: retry.Backoff) -> str:
-    import google.auth
-    from google.auth.transport.requests import AuthorizedSession
-
-    if credentials is None:
-        credentials, _ = google.auth.default(scopes=[LOGGING_SCOPE])
-    session = AuthorizedSession(credentials)
-    body = {"resourceNames": ["/".join(execution["name"].split("/")[:2])],  # projects/P
-            "filter": log_filter(execution), "orderBy": "timestamp asc", "pageSize": PAGE_SIZE}
+def read_execution_output(cr: CloudRun, execution: dict, credentials=None) -> str:
+    """The execution's output lines in order ("" when there are none yet)."""
+    reader = _Reader(cr, execution, credentials)
     lines: list[str] = []
+    page: dict = {"nextPageToken": None}
     for _ in range(MAX_PAGES):
-        page = retry.call(what, lambda: _list_page(session, body), backoff=backoff)
+        page = reader.page("timestamp asc", PAGE_SIZE, page.get("nextPageToken"))
         lines += [entry_text(e) for e in page.get("entries", [])]
         if not page.get("nextPageToken"):
             break
-        body = {**body, "pageToken": page["nextPageToken"]}
+    else:
+        log.warning("output of %s is longer than %d entries: read the first ones only",
+                    short(execution["name"]), MAX_PAGES * PAGE_SIZE)
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def _list_page(session, body: dict) -> dict:
-    answer = session.post(LOGGING_LIST_URL, json=body, timeout=CALL_TIMEOUT_S)
-    if answer.status_code >= 400:
-        raise gexc.from_http_response(answer)  # 429/5xx become the transient classes retry knows
-    return answer.json()
+def read_log_tail(cr: CloudRun, execution: dict, lines: int = 20, credentials=None) -> list[str]:
+    """The execution's last `lines` output lines, oldest first: read newest first, then reversed."""
+    reader = _Reader(cr, execution, credentials)
+    newest: list[str] = []
+    token = None
+    while len(newest) < lines:
+        page = reader.page("timestamp desc", min(lines - len(newest), PAGE_SIZE), token)
+        newest += [entry_text(e) for e in page.get("entries", [])]
+        token = page.get("nextPageToken")
+        if not token:
+            break
+    return newest[::-1]
+
+
+class _Reader:
+    """entries:list pages of one execution's entries."""
+
+    def __init__(self, cr: CloudRun, execution: dict, credentials) -> None:
+        self.endpoint = logging_endpoint(cr)
+        self.session = _session(self.endpoint, credentials)
+        self.backoff = cr.backoff
+        self.what = f"read logs of {short(execution['name'])}"
+        project = execution["name"].split("/")[1]  # projects/P/locations/...
+        self.body = {"resourceNames": [f"projects/{project}"], "filter": log_filter(execution)}
+
+    def page(self, order: str, size: int, token: str | None) -> dict:
+        body = {**self.body, "orderBy": order, "pageSize": size, **({"pageToken": token} if token else {})}
+        return retry.call(self.what, lambda: self._post(body), backoff=self.backoff)
+
+    def _post(self, body: dict) -> dict:
+        answer = self.session.post(f"{self.endpoint}/v2/entries:list", json=body, timeout=CALL_TIMEOUT_S)
+        if answer.status_code >= 400:
+            raise gexc.from_http_response(answer)  # 429/5xx become the transient classes retry knows
+        return answer.json()
+
+
+def _session(endpoint: str, credentials):
+    """Anonymous on an http:// endpoint (the emulator, never proxied); Google's credentials elsewhere."""
+    import google.auth
+    from google.auth.credentials import AnonymousCredentials
+    from google.auth.transport.requests import AuthorizedSession
+
+    local = endpoint.startswith("http://")
+    if local:
+        credentials = AnonymousCredentials()
+    elif credentials is None:
+        credentials, _ = google.auth.default(scopes=[LOGGING_SCOPE])
+    session = AuthorizedSession(credentials)
+    session.trust_env = not local
+    return session

@@ -1,4 +1,4 @@
-"""HTTP layer of the Cloud Run emulator: v2 REST routes, fault injection, request log, body limits."""
+"""HTTP layer of the Cloud Run emulator: v2 REST routes (and Logging's entries:list), faults, request log, limits."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from google.rpc import status_pb2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .cloudrun import EMULATOR_LABEL, CloudRunState, Fault, LoggedRequest
@@ -27,7 +27,7 @@ from .cloudrun_common import (
     parse_query,
     to_json_dict,
 )
-from . import monitoring
+from . import logging_api, monitoring
 from .cloudrun_control import handle_control
 from .cloudrun_ops import Probe, frozen
 from .router import Router, proxy
@@ -282,6 +282,8 @@ def _routes() -> list[tuple[str, re.Pattern, Handler]]:
         ("GET", rf"{execs}/{ID}/tasks", list_tasks), ("GET", rf"{execs}/{ID}/tasks/{ID}", get_task),
         ("GET", ops, list_operations), ("GET", rf"{ops}/{ID}", get_operation),
         ("DELETE", rf"{ops}/{ID}", delete_operation), ("POST", rf"{ops}/{ID}:wait", wait_operation),
+        # Cloud Logging v2 shares the /v2 prefix: its entries:list reads the workloads' output.
+        ("POST", r"entries:list", logging_api.list_entries),
     ]
     return [(method, re.compile(pattern), handler) for method, pattern, handler in table]
 
@@ -377,22 +379,12 @@ def build_app(state: CloudRunState, info: Callable[[], dict]) -> Starlette:
             payload = ApiError(500, f"emulator error: {exc!r}", "INTERNAL").body()
             return JSONResponse(payload, status_code=500, headers=HEADER)
 
-    async def logs(request: Request) -> PlainTextResponse:
-        # Cloud Logging's stand-in: the plain output of an execution or a revision's process.
-        name = request.path_params["name"]
-        text = await run_in_threadpool(state.logs, name)
-        if text is None:
-            message = f"no local workload output for '{name}'\n"
-            return PlainTextResponse(message, status_code=404, headers=HEADER)
-        return PlainTextResponse(text, headers=HEADER)
-
     router = Router(state)
 
     async def emulated(request: Request):
         return await proxy(router, request)
 
     return Starlette(routes=[
-        Route("/emulator/v1/logs/{name:path}", logs, methods=["GET"]),
         Route("/emulated/{path:path}", emulated, methods=ALL_METHODS + ["HEAD", "OPTIONS"]),
         Route("/{path:path}", endpoint, methods=ALL_METHODS),
     ])

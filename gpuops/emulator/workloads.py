@@ -98,11 +98,25 @@ class WorkloadEnv:
         return env
 
 
+@dataclass(frozen=True)
+class LogLine:
+    """One line of a workload's output as a log entry: arrival order, time written, text."""
+
+    seq: int  # global order of arrival, unique: breaks ties between equal timestamps
+    at_ns: int  # wall clock (epoch nanoseconds) when the line was complete
+    text: str  # without its newline
+
+
+_LINE_SEQ = itertools.count(1)
+
+
 class LogBuffer:
-    """Thread-safe text of one process's output, capped at LOG_LIMIT characters."""
+    """Thread-safe output of one process, capped at LOG_LIMIT characters: as text, and line by line."""
 
     def __init__(self) -> None:
         self._parts: list[str] = []
+        self._lines: list[LogLine] = []
+        self._partial = ""  # a line still waiting for its newline
         self._size = 0
         self._dropped = False
         self._lock = threading.Lock()
@@ -111,18 +125,38 @@ class LogBuffer:
         with self._lock:
             if self._size + len(text) > LOG_LIMIT:
                 if not self._dropped:
-                    self._parts.append("[gpuops emulator] log limit reached; further output dropped\n")
+                    note = "[gpuops emulator] log limit reached; further output dropped\n"
+                    self._parts.append(note)
+                    self._add_lines(note)
                     self._dropped = True
                 return
             self._parts.append(text)
             self._size += len(text)
+            self._add_lines(text)
+
+    def _add_lines(self, text: str) -> None:
+        *complete, self._partial = (self._partial + text).split("\n")
+        stamp = time.time_ns()
+        self._lines += [LogLine(next(_LINE_SEQ), stamp, line) for line in complete]
 
     def line(self, text: str) -> None:
         self.write(text.rstrip("\n") + "\n")
 
+    def end_line(self) -> None:
+        """At a process's end: output without a final newline still becomes a line (as Cloud Run logs it)."""
+        with self._lock:
+            if self._partial:
+                self._parts.append("\n")
+                self._add_lines("\n")
+
     def text(self) -> str:
         with self._lock:
             return "".join(self._parts)
+
+    def lines(self) -> list[LogLine]:
+        """Complete lines; a last line without its newline is not a log entry yet."""
+        with self._lock:
+            return list(self._lines)
 
     def tail(self, chars: int = 2000) -> str:
         return self.text()[-chars:]
@@ -150,6 +184,7 @@ class Proc:
     def _read(self) -> None:
         for chunk in iter(self.popen.stdout.readline, b""):
             self.log.write(chunk.decode("utf-8", errors="replace"))
+        self.log.end_line()
         self.popen.stdout.close()
 
     def wait(self, timeout: float | None = None) -> int | None:
@@ -310,6 +345,13 @@ class ProcessRunner:
                 return None
             buffers = [run.logs[i] for i in sorted(run.logs)]
         return "".join(b.text() for b in buffers)
+
+    def log_lines(self) -> list[tuple[str, int, LogLine]]:
+        """Every execution's output lines as (execution name, task index, line): Cloud Logging's source."""
+        with self._lock:
+            buffers = [(name, index, buffer) for name, run in self._runs.items()
+                       for index, buffer in run.logs.items()]
+        return [(name, index, line) for name, index, buffer in buffers for line in buffer.lines()]
 
     def reset(self) -> None:
         """Stop every process of every execution and forget their logs."""

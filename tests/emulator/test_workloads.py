@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import sys
 import time
 from types import SimpleNamespace
@@ -16,6 +17,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 
 from gpuops.emulator.workloads import BANNER, group_alive
+from gpuops.execution_logs import entry_text
 from gpuops.sample_app import generate
 
 PARENT = "projects/demo/locations/us-central1"
@@ -75,6 +77,16 @@ def run_job(clients, job, overrides=None):
     return clients.executions.get_execution(name=op.metadata.name), error
 
 
+def list_entries(http, url: str, execution_name: str) -> list[dict]:
+    """Every Cloud Logging entry of one execution, from the emulator's entries:list."""
+    project, execution = execution_name.split("/")[1], execution_name.rsplit("/", 1)[-1]
+    body = {"resourceNames": [f"projects/{project}"], "orderBy": "timestamp asc", "pageSize": 1000,
+            "filter": f'resource.type="cloud_run_job" AND labels."run.googleapis.com/execution_name"="{execution}"'}
+    answer = http.post(f"{url}/v2/entries:list", json=body)
+    assert answer.status_code == 200, answer.text
+    return answer.json().get("entries", [])
+
+
 def completed(resource) -> run_v2.Condition:
     return next(c for c in resource.conditions if c.type_ == "Completed")
 
@@ -96,10 +108,13 @@ def test_job_runs_the_sample_workload_and_its_output_is_readable(emu, clients, h
     text = emu.logs(execution.name)
     assert text.splitlines()[0] == BANNER.format(image="us-docker.pkg.dev/demo/gpu/app:1")
     assert generate("hello", 50)["output"] in text
-    over_http = http.get(f"{emu.url}/emulator/v1/logs/{execution.name}")
-    assert over_http.status_code == 200 and over_http.text == text
-    assert over_http.headers["content-type"].startswith("text/plain")
-    assert http.get(f"{emu.url}/emulator/v1/logs/{job.name}/executions/nope").status_code == 404
+    # Over HTTP, as Cloud Logging serves it: one entry per line, the JSON result as jsonPayload.
+    entries = list_entries(http, emu.url, execution.name)
+    assert [entry_text(e) for e in entries] == [
+        json.dumps(json.loads(line), sort_keys=True) if line.startswith("{") else line for line in text.splitlines()]
+    assert entries[-2]["jsonPayload"]["output"] == generate("hello", 50)["output"]
+    assert list_entries(http, emu.url, f"{job.name}/executions/nope") == []
+    assert http.get(f"{emu.url}/emulator/v1/logs/{execution.name}").status_code == 404  # the old shortcut is gone
 
 
 def test_job_tasks_get_cloud_run_env_secret_placeholders_and_the_extra_path(emu, clients):

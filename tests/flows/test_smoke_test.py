@@ -37,6 +37,7 @@ def test_a_healthy_gpu_passes_with_the_probe_emulation_named_and_a_cpu_gpu_table
     report = artifact_text(f"smoke-test-{S}")
     assert EMULATED_TEXT in report and "emulator" in report and "PASSED" in report
     assert "GPU" in artifact_text(f"smoke-latency-{S}")
+    assert emu.requests("POST", r"/v2/entries:list$")  # the verdict came through Cloud Logging's API
 
 
 def test_health_passing_while_generation_fails_is_a_failed_smoke_test(emu, artifact_text):
