@@ -1,33 +1,20 @@
 """Flow `cleanup` (runbook phase 8-A: 不要リソース削除): list what the migration left, delete what is approved."""
 from __future__ import annotations
 
-import contextvars
-import json
-import threading
 from typing import Optional
 
 from google.api_core import exceptions as gexc
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.responses import SetStateStatus
-from prefect.context import FlowRunContext
-from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
-from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from pydantic import Field
 
 from blocks.cloud_run import CloudRunTarget
 from flows.common import Target, connect, resolve_target, where
-from gpuops import cleanup_plan, cloudrun
+from gpuops import approvals, cleanup_plan, cloudrun
 from gpuops.errors import BadInput
 
-POLL_S = 2  # how soon a resumed run notices; a read of one flow run costs little
-# The server fails any transition out of a pause once its deadline has passed, so the flow
-# answers "timed out" itself a little before the server's deadline (see ask_approval).
-SERVER_GRACE_S = 30
 DECLINE = {"approve": False, "resources": []}
 
 
@@ -61,57 +48,21 @@ def plan_markdown(target: Target, api: str, items: list[dict], execute: bool) ->
                       "| kind | name | deletable | why (not) |", "|---|---|---|---|", *rows])
 
 
-def resume_help(flow_run_id: str, names: list[str]) -> str:
-    """How an approver answers: the UI's Resume form, or the API (Prefect has no CLI verb for it)."""
-    body = json.dumps({"run_input": {"approve": True, "resources": names}})
-    ui = PREFECT_UI_URL.value()
-    lines = [f"cleanup is waiting for approval: flow run {flow_run_id}",
-             f"  UI: {ui}/runs/flow-run/{flow_run_id} -> Resume" if ui else "  UI: the flow run's Resume button",
-             f"  API: curl -X POST {PREFECT_API_URL.value()}/flow_runs/{flow_run_id}/resume "
-             f"-H 'Content-Type: application/json' -d '{body}'",
-             "  Name only what you approve; {\"approve\": false, \"resources\": []} deletes nothing.",
-             "  The answer is accepted when the response says \"status\": \"ACCEPT\" (a bad body is REJECT with 200)."]
-    return "\n".join(lines)
-
-
-def approval_form(names: list[str]) -> type[CleanupApproval]:
+def approval_description(names: list[str]) -> str:
     listing = "\n".join(f"- `{n}`" for n in names)
-    description = ("# Delete these Cloud Run resources?\n\n" + listing +
-                   "\n\nSet **approve** and add to **resources** each name you approve, as listed; "
-                   "any other name is refused. Nothing is deleted without an answer.")
     # The list goes in the description, not in `resources`' default: the UI sends only the values
     # a person entered, so a prefilled default would delete everything on a bare "approve".
-    return CleanupApproval.with_initial_data(description=description)
+    return ("# Delete these Cloud Run resources?\n\n" + listing +
+            "\n\nSet **approve** and add to **resources** each name you approve, as listed; "
+            "any other name is refused. Nothing is deleted without an answer.")
 
 
-def _answer_for_nobody(flow_run_id, expired: threading.Event) -> None:
-    # Resume our own run with a refusal; if a person answered first, the server says ABORT.
-    with get_client(sync_client=True) as client:
-        result = client.resume_flow_run(flow_run_id, run_input=DECLINE)
-    if result.status == SetStateStatus.ACCEPT:
-        expired.set()
-
-
-def ask_approval(names: list[str], timeout_s: int) -> dict:
-    """Pause for a typed answer; no answer in `timeout_s` is a refusal, and the run still completes."""
-    flow_run_id = FlowRunContext.get().flow_run.id
-    get_run_logger().warning(resume_help(str(flow_run_id), names))
-    expired = threading.Event()
-    # The timer thread needs this run's Prefect settings (API URL), which live in context vars.
-    ctx = contextvars.copy_context()
-    timer = threading.Timer(timeout_s, ctx.run, args=(_answer_for_nobody, flow_run_id, expired))
-    timer.daemon = True
-    timer.start()
-    try:
-        answer = pause_flow_run(wait_for_input=approval_form(names), timeout=timeout_s + SERVER_GRACE_S,
-                                poll_interval=POLL_S)
-    except FlowPauseTimeout:  # the timer could not reach the API either; the server fails the run
-        return {"flow_run_id": str(flow_run_id), "approve": False, "resources": [], "timed_out": True}
-    finally:
-        timer.cancel()
-        timer.join(10)  # if it fired, let it finish so `expired` tells a timeout from a refusal
-    return {"flow_run_id": str(flow_run_id), "approve": answer.approve and not expired.is_set(),
-            "resources": answer.resources, "timed_out": expired.is_set()}
+def ask_approval(service: str, names: list[str], timeout_s: int) -> dict:
+    """Pause for a typed answer naming what may go; no answer in `timeout_s` is a refusal."""
+    decision = approvals.ask(f"delete {len(names)} resources of {service}?", CleanupApproval, timeout_s,
+                             example={"approve": True, "resources": names}, refusal=DECLINE,
+                             key=f"cleanup-approval-{service}", description=approval_description(names))
+    return decision.as_dict()
 
 
 def recheck(cr: cloudrun.CloudRun, target: Target, item: dict) -> tuple[str | None, dict]:
@@ -210,7 +161,7 @@ def cleanup(
         result["remaining"] = [i["name"] for i in items]
         return result
 
-    result["approval"] = ask_approval(names, approval_timeout_s)
+    result["approval"] = ask_approval(where_to.service, names, approval_timeout_s)
     chosen, result["refused"] = cleanup_plan.select(items, result["approval"]["approve"],
                                                     result["approval"]["resources"])
     for chosen_item in chosen:

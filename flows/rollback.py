@@ -1,101 +1,18 @@
 """Flow `rollback` (runbook phase 8-B: ロールバック手順): all traffic back to the stable revision."""
 from __future__ import annotations
 
-from dataclasses import replace
-from datetime import datetime, timezone
 from typing import Optional
 
-from google.api_core import exceptions as gexc
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from blocks.cloud_run import CloudRunTarget
 from flows.common import Target, connect, notify, resolve_target, where
-from gpuops import cloudrun, job_plan, params, revision, state, traffic
-from gpuops.errors import BadInput, CheckFailed
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _choose(target: Target) -> str:
-    return (f"to send all traffic to a revision you choose: gpuops rollback --project {target.project} "
-            f"--region {target.region} --service {target.service} --to REVISION")
-
-
-def stable_revision(service: dict, target: Target, to_revision: str | None = None
-                    ) -> tuple[str, traffic.CanaryState | None]:
-    """The known-good revision: the operator's choice, else the canary state, else the describe
-    snapshot; never a stale one. Refuses when the service changed since the state was recorded."""
-    recorded = traffic.CanaryState.from_service(service)
-    if to_revision:
-        return to_revision, recorded
-    if recorded:
-        stale = traffic.stale_since_canary(service, recorded)
-        if stale:
-            raise CheckFailed(f"{target.service} changed since its canary ({stale}): not moving that traffic back "
-                              f"to {recorded.stable}. Nothing was changed; {_choose(target)}.")
-        return recorded.stable, recorded
-    snapshot = state.load_snapshot(target.project, target.region, target.service)
-    if snapshot:
-        drift = traffic.drift_since_snapshot(service, snapshot)
-        if drift:
-            raise CheckFailed(f"no canary state on {target.service}, and it changed since the describe snapshot of "
-                              f"{snapshot.get('captured_at', 'an unknown time')} ({'; '.join(drift)}): not reverting "
-                              f"to {snapshot['revision']}. Nothing was changed; {_choose(target)}.")
-        return snapshot["revision"], None
-    raise BadInput(f"no canary state on {target.service} and no describe snapshot: nothing says which revision "
-                   f"is stable; {_choose(target)}.")
-
-
-@task(name="restore-stable-traffic", cache_policy=NO_CACHE, persist_result=False)
-def restore_stable(cr: cloudrun.CloudRun, target: Target, reasons: tuple[str, ...] = (),
-                   to_revision: str | None = None) -> list[str]:
-    """100% to stable and the state marked rolled back; nothing is written when that already holds.
-
-    Decided on the service as read, and decided again if another write lands before ours.
-    """
-    changes: list[str] = []
-
-    def decide(service: dict) -> cloudrun.TrafficChange | None:
-        changes.clear()
-        stable, recorded = stable_revision(service, target, to_revision)
-        before = traffic.serving_percent(service, stable)
-        template = stable_template(cr, target, service, stable, recorded)
-        state_done = recorded is None or recorded.phase == traffic.ROLLED_BACK
-        if before == 100 and state_done and template is None:
-            return None
-        annotations = {}
-        if before != 100:
-            changes.append(f"traffic: {stable} {before}% -> 100%")
-        if template is not None:
-            changes.append(f"template: back to the configuration of {stable} (the GPU one stays on {recorded.candidate})")
-        if not state_done:
-            rolled = replace(recorded, phase=traffic.ROLLED_BACK, updated=now(),
-                             failed_checks=reasons or recorded.failed_checks)
-            annotations[traffic.STATE_ANNOTATION] = rolled.to_annotation()
-            changes.append(f"canary state marked {traffic.ROLLED_BACK}")
-        return cloudrun.TrafficChange(traffic.all_to(stable, service.get("traffic", [])), annotations, template)
-
-    try:
-        cloudrun.update_traffic(cr, target.service_name, decide)
-    except gexc.NotFound:
-        raise BadInput(f"service {target.service!r} not found: check --project, --region and --service.") from None
-    return list(changes)
-
-
-def stable_template(cr, target: Target, service: dict, stable: str, recorded) -> dict | None:
-    """The stable revision's configuration, when the service's template is still the canary's.
-
-    Left as the GPU template, the next ordinary deploy would build on it and start GPU instances
-    nobody asked for. Restoring it makes a new revision like stable, with no traffic.
-    """
-    if recorded is None or (service.get("template") or {}).get("revision") != recorded.candidate:
-        return None
-    revision = cloudrun.get_revision(cr, f"{target.service_name}/revisions/{stable}")
-    return job_plan.template_from_revision(revision) if revision else None
+from gpuops import cloudrun, job_plan, params, revision, state
+from gpuops.errors import BadInput
+from gpuops.rollout.cloud_run import CloudRunBackend
+from gpuops.rollout.engine import restore_stable
 
 
 @task(name="cancel-gpu-executions", cache_policy=NO_CACHE)
@@ -152,9 +69,10 @@ def rollback(
     params.revision("to_revision", to_revision)
     cr = connect(where_to, credentials)
     _check_to_revision(cr, where_to, to_revision)
-    changes = restore_stable(cr, where_to, to_revision=to_revision) + cancel_running(cr, where_to, prefix)
+    backend = CloudRunBackend(cr, where_to.project, where_to.region, where_to.service)
+    changes = restore_stable(backend, to=to_revision) + cancel_running(cr, where_to, prefix)
     after = cloudrun.get_service(cr, where_to.service_name)
-    stable, _ = stable_revision(after, where_to, to_revision)
+    stable, _ = backend.stable_revision(after, to_revision)
     result = {"service": where_to.service, "api": where(cr), "stable": stable, "changed": changes,
               "traffic": revision.traffic(after)}
     lines = [f"# Rollback of `{where_to.service}`", f"API: {result['api']}", "",

@@ -1,9 +1,9 @@
 """What the GPU migration left behind on Cloud Run, and which of it may be deleted (runbook phase 8-A)."""
 from __future__ import annotations
 
-from gpuops import traffic
+from gpuops.rollout import cloud_run_traffic
 
-OWN_TAGS = (traffic.CANARY_TAG, traffic.STABLE_TAG)
+OWN_TAGS = (cloud_run_traffic.CANARY_TAG, cloud_run_traffic.STABLE_TAG)
 KIND_ORDER = ("tag", "revision", "service", "job")  # tags first: they are plain traffic edits
 
 
@@ -32,9 +32,9 @@ def targets(service: dict) -> list[dict]:
 
 
 def live_blocker(service: dict) -> str | None:
-    state = traffic.CanaryState.from_service(service)
+    state = cloud_run_traffic.state_of(service)
     if state is not None and state.live:
-        return (f"the canary is {state.phase} ({traffic.STATE_ANNOTATION} on {short(service['name'])}): "
+        return (f"the canary is {state.phase} ({cloud_run_traffic.STATE_ANNOTATION} on {short(service['name'])}): "
                 "finish or roll back the canary first")
     return None
 
@@ -44,7 +44,7 @@ def revision_blocker(service: dict, revision: str) -> str | None:
     rev = short(revision)
     if rev in (short(service.get("latestReadyRevision", "")), short(service.get("latestCreatedRevision", ""))):
         return "the latest revision of the service: it is what LATEST and the next deploy build on"
-    percent = traffic.serving_percent(service, rev)
+    percent = cloud_run_traffic.serving_percent(service, rev)
     if percent > 0:
         return f"serves {percent}% of the traffic"
     tags = sorted({t["tag"] for t in targets(service) if t["revision"] == rev and t["tag"]})
@@ -67,10 +67,10 @@ def tag_blocker(service: dict, tag: str) -> str | None:
         return f"no tag {tag} on the service"
     if tag not in OWN_TAGS:
         return f"not a gpuops tag (gpuops removes only {' and '.join(OWN_TAGS)})"
-    if tag == traffic.STABLE_TAG and traffic.CanaryState.from_service(service) is None:
+    if tag == cloud_run_traffic.STABLE_TAG and cloud_run_traffic.state_of(service) is None:
         # Without gpuops' canary state on the service, a tag named `stable` may be someone else's.
-        return f"no gpuops canary state ({traffic.STATE_ANNOTATION}): this stable tag may not be gpuops'"
-    percent = traffic.serving_percent(service, found["revision"])
+        return f"no gpuops canary state ({cloud_run_traffic.STATE_ANNOTATION}): this stable tag may not be gpuops'"
+    percent = cloud_run_traffic.serving_percent(service, found["revision"])
     if found["percent"] > 0 or percent > 0:
         return f"points at {found['revision']}, which serves {max(percent, found['percent'])}% of the traffic"
     return None

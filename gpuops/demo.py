@@ -150,11 +150,12 @@ def run_failing_canary() -> None:
 
 
 def serving_stable() -> bool:
-    from gpuops import cloudrun, traffic
+    from gpuops import cloudrun
+    from gpuops.rollout import cloud_run_traffic
 
     service = cloudrun.get_service(cloudrun.connect(), cloudrun.service_name(PROJECT, REGION, SERVICE))
-    state = traffic.CanaryState.from_service(service)
-    return state is not None and traffic.serving_percent(service, state.stable) == 100
+    state = cloud_run_traffic.state_of(service)
+    return state is not None and cloud_run_traffic.serving_percent(service, state.stable) == 100
 
 
 def run_migration() -> dict:

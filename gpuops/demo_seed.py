@@ -32,12 +32,13 @@ def release(project: str, region: str, service: str, bad: bool) -> None:
     A bad release's `/generate` answers 500 (`SAMPLE_APP_FAIL=generate`) while its health check
     passes: what a canary must catch.
     """
-    from gpuops import cloudrun, job_plan, traffic
+    from gpuops import cloudrun, job_plan
+    from gpuops.rollout import cloud_run_traffic
 
     cr = cloudrun.connect()
     name = cloudrun.service_name(project, region, service)
     current = cloudrun.get_service(cr, name)
-    state = traffic.CanaryState.from_service(current)
+    state = cloud_run_traffic.state_of(current)
     stable = state.stable if state else cloudrun.short(current["latestReadyRevision"])
     template = job_plan.template_from_revision(cloudrun.get_revision(cr, f"{name}/revisions/{stable}"))
     env = [e for e in template["containers"][0].get("env", []) if e["name"] != "SAMPLE_APP_FAIL"]
@@ -45,5 +46,5 @@ def release(project: str, region: str, service: str, bad: bool) -> None:
         env.append({"name": "SAMPLE_APP_FAIL", "value": "generate"})
     template["containers"][0]["env"] = env
     template["labels"] = {**template.get("labels", {}), "release": "bad" if bad else "fixed"}
-    split = [{"type": traffic.REVISION_TYPE, "revision": stable, "percent": 100}]
+    split = [{"type": cloud_run_traffic.REVISION_TYPE, "revision": stable, "percent": 100}]
     cloudrun.update_traffic(cr, name, lambda _service: cloudrun.TrafficChange(split, template=template))

@@ -1,14 +1,12 @@
-"""The canary as an explicit state machine: traffic splits, gate verdicts, and the state kept on the service."""
+"""The canary as an explicit state machine, whatever routes the traffic: its state, gate verdicts, transitions.
+
+Backend-agnostic: a backend (gpuops.rollout) stores the state on its resource as `CanaryState.to_json()`.
+"""
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
-
-STATE_ANNOTATION = "gpuops.dev/canary"
-STABLE_TAG = "stable"
-CANARY_TAG = "gpu-canary"
-REVISION_TYPE = "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION"
 
 # Phases. A run that stops in a live phase can be resumed or rolled back from the service alone.
 DEPLOYED, PROGRESSING, HOLDING, AWAITING_APPROVAL = "deployed", "progressing", "holding", "awaiting-approval"
@@ -18,7 +16,7 @@ LIVE_PHASES = (DEPLOYED, PROGRESSING, HOLDING, AWAITING_APPROVAL)
 
 @dataclass(frozen=True)
 class CanaryState:
-    """What a crashed run needs to resume or roll back; stored as JSON in a service annotation."""
+    """What a crashed run needs to resume or roll back; stored as JSON on the routed resource."""
 
     stable: str
     candidate: str
@@ -38,12 +36,11 @@ class CanaryState:
     def live(self) -> bool:
         return self.phase in LIVE_PHASES
 
-    def to_annotation(self) -> str:
+    def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_service(cls, service: dict) -> "CanaryState | None":
-        raw = (service.get("annotations") or {}).get(STATE_ANNOTATION)
+    def from_json(cls, raw: str | None) -> "CanaryState | None":
         if not raw:
             return None
         data = json.loads(raw)
@@ -61,79 +58,6 @@ def parse_steps(text: str | list[int]) -> tuple[int, ...]:
     if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
         raise ValueError("must rise strictly from above 0 and end at 100 (e.g. 20,80,100)")
     return steps
-
-
-def split(stable: str, candidate: str, candidate_percent: int) -> list[dict]:
-    """Traffic targets: both revisions pinned by name and tagged, so each stays reachable at its tag URL."""
-    return [
-        {"type": REVISION_TYPE, "revision": stable, "percent": 100 - candidate_percent, "tag": STABLE_TAG},
-        {"type": REVISION_TYPE, "revision": candidate, "percent": candidate_percent, "tag": CANARY_TAG},
-    ]
-
-
-def all_to(revision: str, others: list[dict]) -> list[dict]:
-    """100% to `revision`, keeping other tagged revisions reachable at 0%."""
-    keep = [{**t, "percent": 0} for t in others if t.get("tag") and t.get("revision") != revision]
-    tag = next((t["tag"] for t in others if t.get("revision") == revision and t.get("tag")), STABLE_TAG)
-    return [{"type": REVISION_TYPE, "revision": revision, "percent": 100, "tag": tag}, *keep]
-
-
-def serving(service: dict) -> dict[str, int]:
-    """Revision -> the share it serves now (only those above 0%), as the service reports it."""
-    from gpuops.revision import traffic as served_traffic
-
-    shares: dict[str, int] = {}
-    for row in served_traffic(service):
-        if row["percent"] > 0:
-            shares[row["revision"]] = shares.get(row["revision"], 0) + row["percent"]
-    return shares
-
-
-def serving_percent(service: dict, revision: str) -> int:
-    """The share `revision` gets now, from what the service reports it serves."""
-    return serving(service).get(revision, 0)
-
-
-def _strangers(service: dict, known: tuple[str, ...]) -> list[str]:
-    return [f"{rev} serves {pct}%" for rev, pct in sorted(serving(service).items()) if rev not in known]
-
-
-def interference(service: dict, state: CanaryState) -> str | None:
-    """What another writer changed since this canary's last write, or None.
-
-    The canary then stops without writing: a deploy that landed in between is never overwritten.
-    """
-    recorded = CanaryState.from_service(service)
-    if recorded is None or (recorded.stable, recorded.candidate) != (state.stable, state.candidate):
-        return "the canary state on the service is gone or names other revisions"
-    template_revision = (service.get("template") or {}).get("revision")
-    if template_revision != state.candidate:
-        return f"the service template was changed (now {template_revision or 'an unnamed new revision'})"
-    return stale_since_canary(service, state)
-
-
-def stale_since_canary(service: dict, state: CanaryState) -> str | None:
-    """For a rollback: traffic on revisions the canary never set means someone deployed since."""
-    strangers = _strangers(service, (state.stable, state.candidate))
-    return "; ".join(strangers) if strangers else None
-
-
-def drift_since_snapshot(service: dict, snapshot: dict) -> list[str]:
-    """How the live service differs from the describe snapshot: generation, latest revision, traffic."""
-    from gpuops.revision import short
-
-    changed = []
-    if snapshot.get("generation") is not None and str(service.get("generation")) != str(snapshot["generation"]):
-        changed.append(f"generation {snapshot['generation']} -> {service.get('generation')}")
-    latest = short(service.get("latestReadyRevision", ""))
-    if latest != snapshot["revision"]:
-        changed.append(f"latest ready revision {snapshot['revision']} -> {latest}")
-    then = {t["revision"]: t["percent"] for t in snapshot.get("traffic", []) if t["percent"] > 0}
-    if serving(service) != then:
-        now_text = ", ".join(f"{r} {p}%" for r, p in sorted(serving(service).items()))
-        then_text = ", ".join(f"{r} {p}%" for r, p in sorted(then.items()))
-        changed.append(f"traffic {then_text} -> {now_text}")
-    return changed
 
 
 # --- gates ---------------------------------------------------------------------------------

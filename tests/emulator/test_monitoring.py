@@ -4,7 +4,8 @@ import time
 import httpx
 import pytest
 
-from gpuops import cloudrun, traffic
+from gpuops.rollout import cloud_run_traffic
+from gpuops import cloudrun
 from gpuops.emulator.monitoring import MONITORING_LABEL, rfc3339
 
 P, R, S = "nca-toolkit-438301", "us-central1", "no-code-architects-toolkit"
@@ -33,8 +34,8 @@ def revisions(gpu_cloud_run):
     template["containers"][0]["env"] = [*template["containers"][0]["env"],
                                         {"name": "SAMPLE_APP_FAIL", "value": "generate"},
                                         {"name": "SAMPLE_APP_LATENCY_MS", "value": "120"}]
-    targets = [{"type": traffic.REVISION_TYPE, "revision": stable, "percent": 100, "tag": "stable"},
-               {"type": traffic.REVISION_TYPE, "revision": f"{S}-bad", "percent": 0, "tag": "bad"}]
+    targets = [{"type": cloud_run_traffic.REVISION_TYPE, "revision": stable, "percent": 100, "tag": "stable"},
+               {"type": cloud_run_traffic.REVISION_TYPE, "revision": f"{S}-bad", "percent": 0, "tag": "bad"}]
     change = cloudrun.TrafficChange(targets, template={**template, "revision": f"{S}-bad"})
     cloudrun.update_traffic(cr, NAME, lambda _service: change)
     urls = {t["tag"]: t["uri"] for t in cloudrun.get_service(cr, NAME)["trafficStatuses"]}

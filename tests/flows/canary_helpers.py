@@ -1,4 +1,5 @@
 """What the canary tests share: the runbook's service, fast windows, and how to read its traffic."""
+from gpuops.rollout import cloud_run_traffic
 from gpuops import cloudrun
 from gpuops.demo_seed import release
 
@@ -30,7 +31,7 @@ def assert_rolled_back_at_first_step(cr, failed, stable: str) -> list[dict]:
     assert [(h["percent"], h["verdict"]) for h in history] == [(20, "fail")]
     assert split_of(cr)[stable] == 100 and sum(split_of(cr).values()) == 100
     service = cloudrun.get_service(cr, NAME)
-    state = traffic.CanaryState.from_service(service)
+    state = cloud_run_traffic.state_of(service)
     assert state.phase == traffic.ROLLED_BACK and "error rate" in state.failed_checks[0]
     assert "nodeSelector" not in service["template"]
     return history

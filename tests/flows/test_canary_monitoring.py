@@ -2,7 +2,8 @@
 import pytest
 
 from flows.canary import canary_shift
-from gpuops import cloudrun, traffic
+from gpuops.rollout import cloud_run_traffic
+from gpuops import cloudrun
 from gpuops.errors import BadInput, CheckFailed
 
 from canary_helpers import (FAST, NAME, P, R, S, assert_rolled_back_at_first_step, break_next_revision, split_of,
@@ -49,4 +50,4 @@ def test_an_unknown_metrics_source_is_refused_before_any_change(cr, gpu_cloud_ru
     with pytest.raises(BadInput, match=r"metrics \(--metrics\) 'datadog' is not one of probe, cloud-monitoring"):
         canary_shift(P, R, S, **{**FAST, "metrics": "datadog"})
     assert len(cloudrun.list_revisions(cr, NAME)) == revisions
-    assert traffic.CanaryState.from_service(cloudrun.get_service(cr, NAME)) is None
+    assert cloud_run_traffic.state_of(cloudrun.get_service(cr, NAME)) is None

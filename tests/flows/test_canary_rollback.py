@@ -11,6 +11,7 @@ import pytest
 
 from flows.canary import canary_shift
 from flows.rollback import rollback
+from gpuops.rollout import cloud_run_traffic
 from gpuops import cloudrun, traffic
 from gpuops.errors import BadInput, CheckFailed
 
@@ -35,7 +36,7 @@ def test_a_healthy_canary_ends_with_all_traffic_on_the_gpu_revision(cr):
     assert result["outcome"] == "promoted"
     assert [h["percent"] for h in result["history"]] == [20, 80, 100]
     assert split_of(cr) == {stable: 0, result["candidate"]: 100}
-    state = traffic.CanaryState.from_service(cloudrun.get_service(cr, NAME))
+    state = cloud_run_traffic.state_of(cloudrun.get_service(cr, NAME))
     assert state.phase == traffic.PROMOTED
     gpu = cloudrun.get_revision(cr, f"{NAME}/revisions/{result['candidate']}")
     assert gpu["nodeSelector"]["accelerator"] == "nvidia-l4"
@@ -81,7 +82,7 @@ def kill_canary_at_first_step(cr, prefect_api) -> None:
     try:
         deadline, state = time.monotonic() + 90, None
         while time.monotonic() < deadline:
-            state = traffic.CanaryState.from_service(cloudrun.get_service(cr, NAME))
+            state = cloud_run_traffic.state_of(cloudrun.get_service(cr, NAME))
             if state and state.step >= 0:
                 break
             time.sleep(0.2)
@@ -106,7 +107,7 @@ def test_killing_the_canary_mid_way_then_rollback_restores_stable_and_twice_is_a
 
 def test_a_killed_canary_resumes_where_it_was_without_redeploying(cr, emu, prefect_api):
     kill_canary_at_first_step(cr, prefect_api)
-    before = traffic.CanaryState.from_service(cloudrun.get_service(cr, NAME))
+    before = cloud_run_traffic.state_of(cloudrun.get_service(cr, NAME))
     revisions = len(cloudrun.list_revisions(cr, NAME))
     result = canary_shift(P, R, S, **FAST)
     assert result["outcome"] == "promoted" and result["candidate"] == before.candidate
@@ -127,7 +128,7 @@ def test_the_final_step_waits_for_an_approval_and_a_refusal_rolls_back(cr, prefe
     worker = threading.Thread(target=run)
     worker.start()
     paused_run("canary-shift")
-    state = traffic.CanaryState.from_service(cloudrun.get_service(cr, NAME))
+    state = cloud_run_traffic.state_of(cloudrun.get_service(cr, NAME))
     assert (state.phase, state.percent) == (traffic.AWAITING_APPROVAL, 80)
     answer(prefect_api, "canary-shift", {"approve": False, "note": "not tonight"})
     worker.join(60)

@@ -1,4 +1,5 @@
 """The cleanup planner: what the migration left, what may go, and why the rest stays."""
+from gpuops.rollout import cloud_run_traffic
 from gpuops import cleanup_plan, traffic
 
 LOC = "projects/p/locations/us-central1"
@@ -17,7 +18,7 @@ def service(traffic_targets: list[dict], latest: str = "app-3", state: traffic.C
             "latestCreatedRevision": f"{SVC}/revisions/{latest}", "traffic": traffic_targets,
             "trafficStatuses": traffic_targets}
     if state:
-        body["annotations"] = {traffic.STATE_ANNOTATION: state.to_annotation()}
+        body["annotations"] = {cloud_run_traffic.STATE_ANNOTATION: state.to_json()}
     return body
 
 
@@ -77,7 +78,7 @@ def test_stable_tag_only_with_gpuops_state_that_is_not_live_and_never_on_a_servi
 
 
 def test_a_live_canary_blocks_everything_with_the_way_out():
-    split = traffic.split("app-2", "app-3", 20)
+    split = cloud_run_traffic.split("app-2", "app-3", 20)
     live = traffic.CanaryState("app-2", "app-3", (20, 100), step=0, phase=traffic.HOLDING)
     items = cleanup_plan.plan(service(split, state=live), [rev("app-3"), rev("app-2"), rev("app-1")], JOBS, SERVICES)
     assert cleanup_plan.deletable(items) == []

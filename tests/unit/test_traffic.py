@@ -1,6 +1,7 @@
 """The canary state machine, splits and gates, on plain data."""
 import pytest
 
+from gpuops.rollout import cloud_run_traffic
 from gpuops import traffic
 from gpuops.traffic import CanaryState, Gates, Window
 
@@ -19,17 +20,17 @@ def test_steps_parse_and_bad_steps_say_how_to_write_them():
 
 
 def test_split_pins_both_revisions_by_name_with_tags():
-    assert traffic.split("a", "b", 20) == [
-        {"type": traffic.REVISION_TYPE, "revision": "a", "percent": 80, "tag": "stable"},
-        {"type": traffic.REVISION_TYPE, "revision": "b", "percent": 20, "tag": "gpu-canary"},
+    assert cloud_run_traffic.split("a", "b", 20) == [
+        {"type": cloud_run_traffic.REVISION_TYPE, "revision": "a", "percent": 80, "tag": "stable"},
+        {"type": cloud_run_traffic.REVISION_TYPE, "revision": "b", "percent": 20, "tag": "gpu-canary"},
     ]
 
 
 def test_all_to_keeps_other_tags_reachable_at_zero():
-    targets = traffic.split("a", "b", 80)
-    assert traffic.all_to("a", targets) == [
-        {"type": traffic.REVISION_TYPE, "revision": "a", "percent": 100, "tag": "stable"},
-        {"type": traffic.REVISION_TYPE, "revision": "b", "percent": 0, "tag": "gpu-canary"},
+    targets = cloud_run_traffic.split("a", "b", 80)
+    assert cloud_run_traffic.all_to("a", targets) == [
+        {"type": cloud_run_traffic.REVISION_TYPE, "revision": "a", "percent": 100, "tag": "stable"},
+        {"type": cloud_run_traffic.REVISION_TYPE, "revision": "b", "percent": 0, "tag": "gpu-canary"},
     ]
 
 
@@ -79,9 +80,9 @@ def test_state_machine_advances_holds_rolls_back_and_finishes():
 
 def test_state_round_trips_through_the_service_annotation():
     s = traffic.advanced(state(failed_checks=("x",)))
-    service = {"annotations": {traffic.STATE_ANNOTATION: s.to_annotation()}}
-    assert CanaryState.from_service(service) == s
-    assert CanaryState.from_service({"annotations": {}}) is None
+    service = {"annotations": {cloud_run_traffic.STATE_ANNOTATION: s.to_json()}}
+    assert cloud_run_traffic.state_of(service) == s
+    assert cloud_run_traffic.state_of({"annotations": {}}) is None
 
 
 def test_approval_stands_before_the_last_step_only():
@@ -95,7 +96,7 @@ def test_serving_percent_reads_latest_and_named_targets():
     service = {"latestReadyRevision": "p/revisions/b", "trafficStatuses": [
         {"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 30},
         {"revision": "a", "percent": 70}]}
-    assert traffic.serving_percent(service, "b") == 30 and traffic.serving_percent(service, "a") == 70
+    assert cloud_run_traffic.serving_percent(service, "b") == 30 and cloud_run_traffic.serving_percent(service, "a") == 70
 
 
 def test_a_window_that_saw_nothing_never_passes_even_with_a_zero_minimum():
@@ -109,22 +110,22 @@ def test_a_pass_without_latencies_says_p95_was_not_measured():
 
 
 def _service(shares: dict, template_revision="svc-gpu-1", canary=None):
-    annotations = {traffic.STATE_ANNOTATION: (canary or state()).to_annotation()}
+    annotations = {cloud_run_traffic.STATE_ANNOTATION: (canary or state()).to_json()}
     return {"annotations": annotations, "template": {"revision": template_revision},
             "trafficStatuses": [{"revision": r, "percent": p} for r, p in shares.items()]}
 
 
 def test_a_canary_sees_no_interference_on_what_it_wrote():
-    assert traffic.interference(_service({"svc-00001-abc": 80, "svc-gpu-1": 20}), state(step=0)) is None
+    assert cloud_run_traffic.interference(_service({"svc-00001-abc": 80, "svc-gpu-1": 20}), state(step=0)) is None
 
 
 def test_a_deploy_between_steps_is_interference():
     deployed = _service({"svc-00002-new": 100}, template_revision="svc-00002-new")
-    assert "template" in traffic.interference(deployed, state())
+    assert "template" in cloud_run_traffic.interference(deployed, state())
     moved = _service({"svc-00001-abc": 50, "svc-00009-x": 50})
-    assert "svc-00009-x serves 50%" in traffic.interference(moved, state())
+    assert "svc-00009-x serves 50%" in cloud_run_traffic.interference(moved, state())
     other = _service({"svc-00001-abc": 100}, canary=CanaryState(stable="a", candidate="b", steps=(100,)))
-    assert "names other revisions" in traffic.interference(other, state())
+    assert "names other revisions" in cloud_run_traffic.interference(other, state())
 
 
 def test_drift_since_snapshot_names_generation_revision_and_traffic():
@@ -132,9 +133,9 @@ def test_drift_since_snapshot_names_generation_revision_and_traffic():
                 "traffic": [{"revision": "svc-00001-abc", "percent": 100}]}
     same = {"generation": "1", "latestReadyRevision": "p/svc-00001-abc",
             "trafficStatuses": [{"revision": "svc-00001-abc", "percent": 100}]}
-    assert traffic.drift_since_snapshot(same, snapshot) == []
+    assert cloud_run_traffic.drift_since_snapshot(same, snapshot) == []
     moved = {"generation": "2", "latestReadyRevision": "p/svc-00002-def",
              "trafficStatuses": [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}]}
-    drift = traffic.drift_since_snapshot(moved, snapshot)
+    drift = cloud_run_traffic.drift_since_snapshot(moved, snapshot)
     assert drift == ["generation 1 -> 2", "latest ready revision svc-00001-abc -> svc-00002-def",
                      "traffic svc-00001-abc 100% -> svc-00002-def 100%"]
