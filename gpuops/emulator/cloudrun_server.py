@@ -23,6 +23,8 @@ from .cloudrun import (
 )
 from .cloudrun_app import build_app
 from .cloudrun_jobs import ExecutionRunner
+from .id_tokens import DEFAULT_ACCOUNT, TokenIssuer
+from .invoker_auth import TOKEN_PATH, AuthPolicies, InvokerAuth, service_auth_from_json
 
 LOOPBACK = "127.0.0.1"
 
@@ -51,6 +53,8 @@ class CloudRunEmulator:
         # URLs are built lazily so they carry the port picked at start().
         self.state = CloudRunState(emulated_uri(lambda: self.url), operation_polls_before_done, runner, seed,
                                    workloads)
+        # Invoker authentication of service URLs (Cloud Run's front end) and its token endpoint.
+        self.auth_policies, self.token_issuer = AuthPolicies(), TokenIssuer()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -71,7 +75,8 @@ class CloudRunEmulator:
         self._sock.bind((self.host, self._wanted_port))
         self.port = self._sock.getsockname()[1]
         self.state.apply_initial_seed()
-        config = uvicorn.Config(build_app(self.state, self.info), log_level="warning",
+        app = InvokerAuth(build_app(self.state, self.info), self.auth_policies, self.token_issuer, lambda: self.url)
+        config = uvicorn.Config(app, log_level="warning",
                                 access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
@@ -126,10 +131,29 @@ class CloudRunEmulator:
             "url": self.url if self.port is not None else None,
             "operation_polls_before_done": self.state.ops.polls_before_done,
             "run_workloads": self.state.workload_options.run_workloads,
+            "invoker_auth": "per service: Google ID token and/or a header (POST /emulator/v1/auth/services)",
         }
 
     def reset(self, reseed: bool = True) -> None:
         self.state.reset(reseed)
+        self.auth_policies.clear()
+
+    def require_auth(self, service: str, id_token: bool = False, header: str | None = None, value: str = "",
+                     audiences: tuple[str, ...] = ()) -> None:
+        """Make a service's URLs refuse callers without a Google ID token and/or `header: value`.
+
+        `service` is the full name (projects/P/locations/L/services/S); its tag URLs are covered too.
+        The same as POST /emulator/v1/auth/services; requiring nothing makes the service public again.
+        """
+        body = {"service": service, "id_token": id_token, "header": header, "value": value,
+                "audiences": list(audiences)}
+        name, auth = service_auth_from_json(body)
+        self.auth_policies.require(name, auth)
+
+    def service_account_key(self, email: str = DEFAULT_ACCOUNT) -> dict:
+        """A service-account key file's content whose token_uri is this emulator: with it as
+        GOOGLE_APPLICATION_CREDENTIALS, google-auth's ID-token flow gets tokens the emulator accepts."""
+        return self.token_issuer.service_account_key(self.url + TOKEN_PATH, email)
 
     def seed(self, data: SeedSource) -> dict[str, list[str]]:
         return self.state.seed(data)
