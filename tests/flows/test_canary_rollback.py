@@ -115,6 +115,24 @@ def test_a_killed_canary_resumes_where_it_was_without_redeploying(cr, emu, prefe
     assert len(cloudrun.list_revisions(cr, NAME)) == revisions
 
 
+def test_a_canary_recorded_by_the_previous_gpuops_resumes(cr, emu):
+    """The annotation as gpuops wrote it before the rollout engine (a literal, not today's code)."""
+    from blocks.cloud_run import GpuProfile
+    from gpuops.rollout.cloud_run import CloudRunBackend
+
+    stable = stable_of(cr)
+    candidate = CloudRunBackend(cr, P, R, S, GpuProfile().model_dump()).deploy_candidate((20, 80, 100), "").candidate
+    old = ('{"candidate":"%s","failed_checks":[],"flow_run_id":"","holds":0,"phase":"progressing",'
+           '"stable":"%s","step":0,"steps":[20,80,100],"updated":"2026-11-20T10:00:00Z"}' % (candidate, stable))
+    cloudrun.update_traffic(cr, NAME, lambda _s: cloudrun.TrafficChange(
+        cloud_run_traffic.split(stable, candidate, 20), {cloud_run_traffic.STATE_ANNOTATION: old}))
+    revisions = len(cloudrun.list_revisions(cr, NAME))
+    result = canary_shift(P, R, S, **FAST)
+    assert result["outcome"] == "promoted" and result["candidate"] == candidate
+    assert [h["percent"] for h in result["history"]] == [20, 80, 100]
+    assert len(cloudrun.list_revisions(cr, NAME)) == revisions
+
+
 def test_the_final_step_waits_for_an_approval_and_a_refusal_rolls_back(cr, prefect_api):
     stable = stable_of(cr)
     outcome = {}
