@@ -12,7 +12,7 @@ from gpuops.errors import CheckFailed
 from gpuops.monitoring import CloudMonitoringRequests
 from gpuops.probe_traffic import MetricsSource, ProbeTraffic
 from gpuops.rollout.cloud_run import CloudRunBackend
-from gpuops.rollout.engine import Plan, Rollout
+from gpuops.rollout.engine import Observation, Plan, Rollout
 from gpuops.traffic import Gates
 
 
@@ -104,6 +104,7 @@ def canary_shift(
     backend = CloudRunBackend(cr, where_to.project, where_to.region, where_to.service, profile.model_dump())
     rollout = Rollout(
         backend, plan, api=where(cr), flow_run_id=str(runtime.flow_run.id or ""),
-        observe=lambda urls, state: source.observe(urls.candidate, plan.window_s, gates, revision=state.candidate),
+        observe=lambda urls, state: Observation(
+            source.observe(urls.candidate, plan.window_s, gates, revision=state.candidate)),
         notify=lambda subject, body: notify(notify_block, subject, body))
     return rollout.run()

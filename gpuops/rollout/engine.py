@@ -17,10 +17,20 @@ from prefect.input import RunInput
 from gpuops import approvals, traffic
 from gpuops.errors import BadInput, CheckFailed, CouldNotRun
 from gpuops.rollout.backend import Live, TrafficBackend, Urls
+from gpuops.rollout.compare import Tolerance, judge_side_by_side
 from gpuops.rollout.report import history_markdown, history_row
 from gpuops.traffic import CanaryState, Gates, Window
 
-Observe = Callable[[Urls, CanaryState], Window]  # one window of the candidate at `state.percent`
+
+@dataclass(frozen=True)
+class Observation:
+    """One window: the candidate, and stable measured with the same requests when compared."""
+
+    candidate: Window
+    stable: Window | None = None
+
+
+Observe = Callable[[Urls, CanaryState], Observation]  # one window at `state.percent`
 Notify = Callable[[str, str], None]  # (subject, body): the flow log, and a notification block if named
 
 
@@ -41,6 +51,7 @@ class Plan:
     max_holds: int = 2
     approve_final: bool = False
     approval_timeout_s: int = 3600
+    tolerance: Tolerance = Tolerance()  # how the candidate is judged against stable, when both are observed
 
 
 def steps_for(backend: TrafficBackend, steps: tuple[int, ...]) -> tuple[int, ...]:
@@ -71,7 +82,7 @@ def restore_stable(backend: TrafficBackend, reasons: tuple[str, ...] = (), to: s
 
 
 @task(name="observe-window", cache_policy=NO_CACHE, persist_result=False)
-def observe_window(observe: Observe, urls: Urls, state: CanaryState) -> Window:
+def observe_window(observe: Observe, urls: Urls, state: CanaryState) -> Observation:
     return observe(urls, state)
 
 
@@ -114,9 +125,9 @@ class Rollout:
                     state = self._ask(state, history)
                 state = traffic.advanced(state)
                 set_split(self.backend, state)
-            window = observe_window(self.observe, self.backend.urls(state), state)
-            verdict = traffic.judge(window, self.plan.gates)
-            history.append(history_row(state, window, verdict))
+            seen = observe_window(self.observe, self.backend.urls(state), state)
+            verdict, figures = judge_side_by_side(seen.candidate, seen.stable, self.plan.gates, self.plan.tolerance)
+            history.append(history_row(state, seen.candidate, verdict, figures))
             state, action = traffic.after_verdict(state, verdict, self.plan.max_holds)
             if action == "rollback":
                 self._roll_back(state, history, state.failed_checks)

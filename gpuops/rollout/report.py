@@ -4,8 +4,9 @@ from __future__ import annotations
 from gpuops.traffic import CanaryState, Verdict, Window
 
 
-def history_row(state: CanaryState, window: Window, verdict: Verdict) -> dict:
-    return {"step": state.step + 1, "percent": state.percent, "requests": window.requests,
+def history_row(state: CanaryState, window: Window, verdict: Verdict, versus_stable: dict | None = None) -> dict:
+    """One window as reported; `versus_stable`: stable's figures from the same window and the p-values."""
+    return {**(versus_stable or {}), "step": state.step + 1, "percent": state.percent, "requests": window.requests,
             "errors": window.errors, "p95_ms": None if window.p95_ms is None else round(window.p95_ms, 1),
             "verdict": verdict.outcome, "reasons": list(verdict.reasons), "source": window.source,
             "first_error_at": window.first_error_at, "ended_at": window.ended_at}
@@ -18,14 +19,28 @@ def figures_line(history: list[dict]) -> str:
     return "Figures are measured from probe requests the flow sent to the candidate's URL."
 
 
+def _cell(value) -> str:
+    return "-" if value is None else str(value)
+
+
 def history_markdown(target: str, api: str, state: CanaryState, history: list[dict], outcome: str) -> str:
-    rows = [f"| {h['step']} | {h['percent']}% | {h['requests']} | {h['errors']} | "
-            f"{h['p95_ms'] if h['p95_ms'] is not None else '-'} | {h['verdict']} | {'; '.join(h['reasons'])} |"
-            for h in history]
-    return "\n".join([
-        f"# Canary of `{target}`: {outcome}",
-        f"API: {api}. Stable `{state.stable}`, candidate `{state.candidate}`, steps {list(state.steps)}.",
-        figures_line(history), "",
-        "| step | candidate share | requests | errors | p95 ms | verdict | why |", "|---|---|---|---|---|---|---|",
-        *rows,
-    ])
+    side_by_side = any("stable_requests" in h for h in history)
+    head = "| step | candidate share | requests | errors | p95 ms |"
+    rule = "|---|---|---|---|---|"
+    if side_by_side:
+        head += " stable requests | stable errors | stable p95 ms | latency p-value |"
+        rule += "---|---|---|---|"
+    rows = []
+    for h in history:
+        row = f"| {h['step']} | {h['percent']}% | {h['requests']} | {h['errors']} | {_cell(h['p95_ms'])} |"
+        if side_by_side:
+            row += (f" {_cell(h.get('stable_requests'))} | {_cell(h.get('stable_errors'))} | "
+                    f"{_cell(h.get('stable_p95_ms'))} | {_cell(h.get('p_value'))} |")
+        rows.append(row + f" {h['verdict']} | {'; '.join(h['reasons'])} |")
+    lines = [f"# Canary of `{target}`: {outcome}",
+             f"API: {api}. Stable `{state.stable}`, candidate `{state.candidate}`, steps {list(state.steps)}.",
+             figures_line(history)]
+    if side_by_side:
+        lines.append("Each window sent the same requests to the candidate and to stable, interleaved; the p-value "
+                     "is a one-sided Mann-Whitney U test of candidate latencies against stable's times the tolerance.")
+    return "\n".join([*lines, "", head + " verdict | why |", rule + "---|---|", *rows])

@@ -11,7 +11,7 @@ from prefect import flow
 from gpuops import rollout, traffic
 from gpuops.errors import CheckFailed, CouldNotRun
 from gpuops.rollout.backend import Live, Urls
-from gpuops.rollout.engine import Plan, Rollout
+from gpuops.rollout.engine import Observation, Plan, Rollout
 from gpuops.traffic import CanaryState, Gates, Window
 
 GATES = Gates(max_error_rate=0.05, max_p95_ms=1000, min_requests=5)
@@ -77,12 +77,12 @@ class Script:
     def __init__(self, *windows):
         self.windows, self.seen = list(windows), []
 
-    def __call__(self, urls: Urls, state: CanaryState) -> Window:
+    def __call__(self, urls: Urls, state: CanaryState) -> Observation:
         self.seen.append((urls.candidate, state.percent))
         window = self.windows.pop(0)
         if isinstance(window, BaseException):
             raise window
-        return window
+        return window if isinstance(window, Observation) else Observation(window)
 
 
 @flow(name="toy-canary")
@@ -128,6 +128,14 @@ def test_an_inconclusive_window_holds_the_split_and_never_promotes_on_it():
     assert "gpuops canary of toy holding" in result["told"]
     with pytest.raises(CheckFailed, match="still inconclusive after 2"):
         toy_canary(MemoryBackend(), Script(FEW, FEW, FEW))
+
+
+def test_a_window_where_stable_fails_as_much_as_the_candidate_holds_instead_of_rolling_back():
+    backend = MemoryBackend()
+    result = toy_canary(backend, Script(Observation(FAIL, FAIL), PASS, PASS, PASS))
+    assert percents(result)[:2] == [(20, "inconclusive"), (20, "pass")]
+    assert "stable fails too" in result["history"][0]["reasons"][0]
+    assert result["history"][0]["stable_errors"] == 5
 
 
 def test_a_crashed_run_resumes_where_it_was_without_deploying_again():
