@@ -40,28 +40,11 @@ def list_items(cr: cloudrun.CloudRun, target: Target) -> list[dict]:
     return cleanup_plan.plan(found["service"], found["revisions"], found["jobs"], found["services"])
 
 
-def plan_markdown(target: Target, api: str, items: list[dict], execute: bool) -> str:
-    mode = "asks for approval before deleting" if execute else "dry run: nothing is changed"
-    rows = [f"| {i['kind']} | `{i['name']}` | {'yes' if i['deletable'] else 'no'} | {i['why_not'] or i['reason']} |"
-            for i in items]
-    return "\n".join([f"# cleanup of {target.service} ({mode})", f"API: {api}", "",
-                      "| kind | name | deletable | why (not) |", "|---|---|---|---|", *rows])
-
-
-def approval_description(names: list[str]) -> str:
-    listing = "\n".join(f"- `{n}`" for n in names)
-    # The list goes in the description, not in `resources`' default: the UI sends only the values
-    # a person entered, so a prefilled default would delete everything on a bare "approve".
-    return ("# Delete these Cloud Run resources?\n\n" + listing +
-            "\n\nSet **approve** and add to **resources** each name you approve, as listed; "
-            "any other name is refused. Nothing is deleted without an answer.")
-
-
 def ask_approval(service: str, names: list[str], timeout_s: int) -> dict:
     """Pause for a typed answer naming what may go; no answer in `timeout_s` is a refusal."""
     decision = approvals.ask(f"delete {len(names)} resources of {service}?", CleanupApproval, timeout_s,
                              example={"approve": True, "resources": names}, refusal=DECLINE,
-                             key=f"cleanup-approval-{service}", description=approval_description(names))
+                             key=f"cleanup-approval-{service}", description=cleanup_plan.approval_description(names))
     return decision.as_dict()
 
 
@@ -121,14 +104,6 @@ def delete_item(cr: cloudrun.CloudRun, target: Target, item: dict) -> dict:
     return {"name": name, "kind": kind, "result": "deleted" if done else "already gone"}
 
 
-def result_markdown(target: Target, result: dict, remaining: list[dict]) -> str:
-    lines = [f"# cleanup of {target.service}: result", f"API: {result['api']}", ""]
-    lines += [f"- deleted {d['kind']} `{d['name']}` ({d['result']})" for d in result["deleted"]]
-    lines += [f"- refused `{r['name']}`: {r['why']}" for r in result["refused"]]
-    lines += ["", "Still present:"] + [f"- {i['kind']} `{i['name']}`" for i in remaining]
-    return "\n".join(lines)
-
-
 @flow(name="cleanup")
 def cleanup(
     project: Optional[str] = None,
@@ -155,7 +130,7 @@ def cleanup(
     result = {"service": where_to.service, "api": where(cr), "dry_run": not execute, "items": items,
               "deleted": [], "refused": [], "approval": None}
     create_markdown_artifact(key=f"cleanup-{where_to.service}",
-                             markdown=plan_markdown(where_to, result["api"], items, execute))
+                             markdown=cleanup_plan.plan_markdown(where_to.service, result["api"], items, execute))
     names = cleanup_plan.deletable(items)
     if not execute or not names:
         result["remaining"] = [i["name"] for i in items]
@@ -170,5 +145,5 @@ def cleanup(
     remaining = list_items(cr, where_to)
     result["remaining"] = [i["name"] for i in remaining]
     create_markdown_artifact(key=f"cleanup-result-{where_to.service}",
-                             markdown=result_markdown(where_to, result, remaining))
+                             markdown=cleanup_plan.result_markdown(where_to.service, result, remaining))
     return result

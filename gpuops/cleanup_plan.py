@@ -120,3 +120,31 @@ def select(items: list[dict], approve: bool, names: list[str]) -> tuple[list[dic
             why = found["why_not"] if found else "not on the list of deletable resources"
             refused.append({"name": name, "why": why})
     return sorted(chosen, key=lambda i: KIND_ORDER.index(i["kind"])), refused
+
+
+# --- what the flow shows: the plan, the approval form, the result ---------------------------
+
+
+def plan_markdown(service: str, api: str, items: list[dict], execute: bool) -> str:
+    mode = "asks for approval before deleting" if execute else "dry run: nothing is changed"
+    rows = [f"| {i['kind']} | `{i['name']}` | {'yes' if i['deletable'] else 'no'} | {i['why_not'] or i['reason']} |"
+            for i in items]
+    return "\n".join([f"# cleanup of {service} ({mode})", f"API: {api}", "",
+                      "| kind | name | deletable | why (not) |", "|---|---|---|---|", *rows])
+
+
+def approval_description(names: list[str]) -> str:
+    listing = "\n".join(f"- `{n}`" for n in names)
+    # The list goes in the description, not in `resources`' default: the UI sends only the values
+    # a person entered, so a prefilled default would delete everything on a bare "approve".
+    return ("# Delete these Cloud Run resources?\n\n" + listing +
+            "\n\nSet **approve** and add to **resources** each name you approve, as listed; "
+            "any other name is refused. Nothing is deleted without an answer.")
+
+
+def result_markdown(service: str, result: dict, remaining: list[dict]) -> str:
+    lines = [f"# cleanup of {service}: result", f"API: {result['api']}", ""]
+    lines += [f"- deleted {d['kind']} `{d['name']}` ({d['result']})" for d in result["deleted"]]
+    lines += [f"- refused `{r['name']}`: {r['why']}" for r in result["refused"]]
+    lines += ["", "Still present:"] + [f"- {i['kind']} `{i['name']}`" for i in remaining]
+    return "\n".join(lines)

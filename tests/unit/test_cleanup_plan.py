@@ -102,3 +102,18 @@ def test_select_deletes_only_approved_names_on_the_list_and_refuses_the_rest():
     assert "latest" in refused[0]["why"] and "not on the list" in refused[1]["why"]
     assert cleanup_plan.select(items, False, [cpu]) == ([], [])
     assert cleanup_plan.select(items, True, []) == ([], [])  # approving without naming deletes nothing
+
+
+def test_the_plan_and_the_result_read_as_the_runbook_asks():
+    items = [{"kind": "job", "name": "jobs/x-cpu-job", "deletable": True, "why_not": "", "reason": "gpuops made it"},
+             {"kind": "revision", "name": "revisions/x-2", "deletable": False, "why_not": "serves 100%", "reason": ""}]
+    plan = cleanup_plan.plan_markdown("x", "emulator", items, execute=False)
+    assert "dry run: nothing is changed" in plan
+    assert "| job | `jobs/x-cpu-job` | yes | gpuops made it |" in plan and "| no | serves 100% |" in plan
+    form = cleanup_plan.approval_description(["jobs/x-cpu-job"])
+    assert "- `jobs/x-cpu-job`" in form and "Nothing is deleted without an answer" in form
+    result = {"api": "emulator", "deleted": [{"kind": "job", "name": "jobs/x-cpu-job", "result": "deleted"}],
+              "refused": [{"name": "revisions/x-2", "why": "serves 100%"}]}
+    text = cleanup_plan.result_markdown("x", result, [items[1]])
+    assert "- deleted job `jobs/x-cpu-job` (deleted)" in text and "- refused `revisions/x-2`: serves 100%" in text
+    assert text.endswith("- revision `revisions/x-2`")
