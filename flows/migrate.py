@@ -1,7 +1,6 @@
-"""Flow `migrate-to-gpu`: describe → create jobs → smoke test → canary, stopping at the first failure."""
+"""Flow `migrate-to-gpu`: describe → create jobs → (job test) → smoke test → canary, stopping at the first failure."""
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Callable, Optional
 
 from prefect import flow, get_run_logger
@@ -12,63 +11,49 @@ from flows.canary import canary_shift
 from flows.common import connect, resolve_target, where
 from flows.create_jobs import create_jobs
 from flows.describe_revision import describe_revision
+from flows.run_job import run_job
 from flows.smoke_test import gpu_smoke_test
-from gpuops import cloudrun, cost, params, revision
+from gpuops import cloudrun, cost, job_plan, job_run, migration_report, params, revision
 from gpuops.errors import BadInput, CheckFailed, CouldNotRun
 
 PHASES = [
     ("describe", "Phase 0 前提確認・準備作業", "describe-revision"),
     ("create-jobs", "Phase 1-2 CPU Job化 / GPU版デプロイ", "create-jobs"),
+    ("job-test", "Phase 1-B / 6-B CPU Job実行テスト / Job実行時間", "run-job"),  # only with job_args
     ("smoke-test", "Phase 2-C GPU版動作テスト", "gpu-smoke-test"),
     ("canary", "Phase 7 段階的移行", "canary-shift"),
 ]
-
-
-def _evidence(phase: str, result: dict) -> tuple[str, int]:
-    """One line of proof per phase, and how far it got (percent)."""
-    if phase == "describe":
-        return (f"revision {result['revision']}, {len(result['env_names'])} env names, "
-                f"{len(result['findings'])} findings"), 100
-    if phase == "create-jobs":
-        return ", ".join(f"{r['id']} {r['action']}" for r in result["resources"]), 100
-    if phase == "smoke-test":
-        return f"{sum(c['passed'] for c in result['checks'])}/{len(result['checks'])} checks passed", 100
-    steps = result.get("history", [])
-    return (f"{result['outcome']}: " + " → ".join(f"{h['percent']}% {h['verdict']}" for h in steps)), 100
 
 
 def _failure_progress(phase: str, exc: Exception, step_count: int) -> int:
     """How far a failed phase got: a canary rolled back after k of its n steps passed, say."""
     if phase == "canary" and isinstance(exc, CheckFailed):
         history = next((d.get("history") for d in exc.details if isinstance(d, dict) and "history" in d), None)
-        if history:
-            return int(100 * sum(h["verdict"] == "pass" for h in history) / step_count)
+        return migration_report.failure_progress(history or [], step_count)
     return 0
 
 
-def checklist_markdown(service: str, api: str, rows: list[dict], costs: dict, serving: list[dict]) -> str:
-    lines = [f"# GPU migration of `{service}`", f"API: {api}", "",
-             "| phase | 日本語 | status | % done | evidence |", "|---|---|---|---|---|"]
-    lines += [f"| {r['phase']} | {r['ja']} | {r['status']} | {r['percent']}% | {r['evidence']} |" for r in rows]
-    lines += ["", "## Serving now", *(f"- {t['percent']}% → `{t['revision']}`" for t in serving if t["percent"])]
-    est = costs["estimate"]
-    lines += ["", "## Cost", f"Prices: {est['price_source']}.",
-              f"**Estimate** (not a measurement) from stated inputs {est['inputs']}: "
-              f"${est['usd_per_month']}/month at ${est['rate']['total']}/h "
-              f"(GPU ${est['rate']['gpu']} + instance ${est['rate']['instance']})."]
-    if costs.get("measured"):
-        m = costs["measured"]
-        lines.append(f"**Measured**: the smoke test's GPU job ran {m['gpu_seconds']} s → ${m['usd']}"
-                     + (" (on the emulator: no real GPU was billed)" if "emulator" in api else "") + ".")
-    return "\n".join(lines)
+def _job_test(project: str, region: str, prefix: str, job_args: list[str], timeout_s: float,
+              target: Optional[CloudRunTarget], measured: dict) -> dict:
+    """Runbook 1-B and 6-B: the CPU job, then the GPU job, with the same args; both times measured."""
+    ids = job_plan.resource_ids(prefix)
+    results: dict[str, dict] = {}
+    for side in ("cpu", "gpu"):
+        try:
+            results[side] = run_job(project, region, ids[f"{side}_job"], args=job_args, timeout_s=timeout_s,
+                                    target=target)
+        except CheckFailed as exc:  # a failed job still has a measured row
+            results[side] = next((d for d in exc.details if isinstance(d, dict) and "state" in d), None)
+    measured["rows"] = rows = job_run.job_time_rows(results)
+    failed = [f"{r['job']} {r['state']}" for r in rows if r["job"] and r["state"] != job_run.SUCCEEDED]
+    if len([r for r in rows if r["job"]]) < 2 or failed:
+        raise CheckFailed(f"job test failed: {', '.join(failed) or 'a job did not run'}", rows)
+    return {"rows": rows}
 
 
 def _gpu_seconds(cr, execution_name: str | None) -> float | None:
     execution = cloudrun.get_execution(cr, execution_name) if execution_name else None
-    if not execution or not execution.get("startTime") or not execution.get("completionTime"):
-        return None
-    parse = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))
-    return (parse(execution["completionTime"]) - parse(execution["startTime"])).total_seconds()
+    return job_run.duration_s(execution) if execution else None
 
 
 @flow(name="migrate-to-gpu")
@@ -85,6 +70,8 @@ def migrate_to_gpu(
     monthly_job_hours: float = 100,
     monthly_service_hours: float = 50,
     notify_block: Optional[str] = None,
+    job_args: Optional[list[str]] = None,
+    job_timeout_s: float = 1800,
     target: Optional[CloudRunTarget] = None,
 ) -> dict:
     """The whole Cloud Run GPU migration; the service keeps serving whatever phase fails.
@@ -102,6 +89,9 @@ def migrate_to_gpu(
         monthly_job_hours: GPU job hours a month, for the cost estimate (runbook: 100).
         monthly_service_hours: GPU service hours a month, for the cost estimate (runbook: 50).
         notify_block: name of a Prefect notification block told about rollbacks and the outcome.
+        job_args: the job input for runbook 1-B/6-B: when given, the CPU job and the GPU job run with
+            these args after create-jobs, and the checklist shows both measured times. Empty: skipped.
+        job_timeout_s: bound on each of those job executions, in seconds (cancelled past it).
         target: a gpuops Cloud Run target block; explicit parameters win over its fields.
     """
     where_to, credentials = resolve_target(project, region, service, target)
@@ -112,23 +102,28 @@ def migrate_to_gpu(
     checked = params.canary(steps_text=steps, window_s=canary_window_s, probe_requests=probe_requests,
                             min_requests=min_requests)
     params.cost_inputs(monthly_job_hours=monthly_job_hours, monthly_service_hours=monthly_service_hours)
+    params.job_args("job_args", job_args)
+    params.seconds("job_timeout_s", job_timeout_s, high=params.MAX_JOB_WAIT_S, example="1800")
     args = (where_to.project, where_to.region, where_to.service)
     runs: dict[str, Callable[[], dict]] = {
         "describe": lambda: describe_revision(*args, target=target),
         "create-jobs": lambda: create_jobs(*args, gpu_profile=profile, target=target),
+        "job-test": lambda: _job_test(*args, list(job_args or []), job_timeout_s, target, measured_jobs),
         "smoke-test": lambda: gpu_smoke_test(*args, target=target),
         "canary": lambda: canary_shift(*args, steps=steps, gpu_profile=profile, window_s=canary_window_s,
                                        probe_requests=probe_requests, min_requests=min_requests,
                                        approve_final=approve_final, notify_block=notify_block, target=target),
     }
-    rows, results, failure, crash = [], {}, None, None
+    rows, results, failure, crash, measured_jobs = [], {}, None, None, {}
     for phase, ja, flow_name in PHASES:
+        if phase == "job-test" and not job_args:
+            continue  # no job input named: the job test is not part of this migration
         if failure:
             rows.append({"phase": phase, "ja": ja, "status": "not run", "percent": 0, "evidence": f"stopped: {failure}"})
             continue
         try:
             results[phase] = runs[phase]()
-            evidence, percent = _evidence(phase, results[phase])
+            evidence, percent = migration_report.phase_evidence(phase, results[phase])
             rows.append({"phase": phase, "ja": ja, "status": "done", "percent": percent, "evidence": evidence})
         except (CheckFailed, BadInput) as exc:
             failure = f"{flow_name} failed"
@@ -147,9 +142,12 @@ def migrate_to_gpu(
     seconds = _gpu_seconds(cr, _execution_name(where_to, results.get("smoke-test")))
     if seconds is not None:
         costs["measured"] = cost.measured(profile.gpu_type, seconds)
+    job_times = measured_jobs.get("rows")
     create_markdown_artifact(key=f"migration-{where_to.service}",
-                             markdown=checklist_markdown(where_to.service, where(cr), rows, costs, serving))
-    result = {"service": where_to.service, "api": where(cr), "phases": rows, "serving": serving, "cost": costs}
+                             markdown=migration_report.checklist_markdown(where_to.service, where(cr), rows, costs,
+                                                                          serving, job_times))
+    result = {"service": where_to.service, "api": where(cr), "phases": rows, "serving": serving, "cost": costs,
+              **({"job_times": job_times} if job_times else {})}
     still = ", ".join(f"{t['revision']} {t['percent']}%" for t in serving if t["percent"])
     if crash is not None:
         crashed = next(r for r in rows if r["status"] == "could not run")

@@ -76,7 +76,11 @@ def _smoke_test(args) -> dict:
 
     target = _target(args)
     params.smoke_test(prefix_value=args.prefix, min_vram_gib=args.min_vram_gib)
-    return gpu_smoke_test(*target, prefix=args.prefix, min_vram_gib=args.min_vram_gib)
+    auth = {"id_token": args.id_token, "id_token_audience": args.id_token_audience,
+            "api_key_header": args.api_key_header, "api_key_secret": args.api_key_secret,
+            "api_key_env": args.api_key_env}
+    params.probe_auth(**auth)
+    return gpu_smoke_test(*target, prefix=args.prefix, min_vram_gib=args.min_vram_gib, **auth)
 
 
 def _canary(args) -> dict:
@@ -116,6 +120,20 @@ def _canary_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-requests", type=int, default=20, help="fewest requests for a verdict (default 20)")
 
 
+def _probe_auth_args(p: argparse.ArgumentParser) -> None:
+    # Places of secrets, never values: a value on a command line ends up in shell history and `ps`.
+    p.add_argument("--id-token", action="store_true",
+                   help="send a Google ID token (audience = the service URL) from GOOGLE_APPLICATION_CREDENTIALS "
+                        "or the metadata server, for services that require authentication")
+    p.add_argument("--id-token-audience", metavar="AUDIENCE",
+                   help="a custom audience for the ID token instead of the service URL (implies --id-token)")
+    p.add_argument("--api-key-header", default="X-API-Key", metavar="NAME",
+                   help="the header an API key goes in (default X-API-Key)")
+    p.add_argument("--api-key-secret", metavar="BLOCK",
+                   help="name of the Prefect Secret block holding the API key")
+    p.add_argument("--api-key-env", metavar="VAR", help="name of the environment variable holding the API key")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("describe", help="describe the live revision of a Cloud Run service (phase 0)")
     service_args(p, prefix=False)
@@ -135,6 +153,7 @@ def register(subparsers) -> None:
                               help="probe the GPU job, call the GPU service, compare with CPU (phase 2-C)")
     service_args(p)
     p.add_argument("--min-vram-gib", type=float, help="VRAM each GPU must read, in GiB")
+    _probe_auth_args(p)
     p.set_defaults(run=_smoke_test)
 
     p = subparsers.add_parser("canary", help="shift traffic onto a GPU revision step by step, gated (phase 7)")

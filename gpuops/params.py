@@ -149,3 +149,38 @@ def cost_inputs(**hours: Any) -> None:
     for field, value in hours.items():
         number(field, value, low=0, high=744, unit="hours a month", example="100")
 
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an HTTP field name (RFC 9110 token)
+_BLOCK_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # Prefect block document names
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_RESERVED_HEADERS = {"authorization", "host", "content-length", "content-type", "transfer-encoding", "connection"}
+
+
+def probe_auth(*, id_token: Any = False, id_token_audience: Any = None, api_key_header: Any = "X-API-Key",
+               api_key_secret: Any = None, api_key_env: Any = None) -> None:
+    """Where a probe's credentials are: names only (a Secret block, an env var), never a value."""
+    if not isinstance(id_token, bool):
+        raise bad("id_token", id_token, "is not true or false", "pass --id-token, or leave it out")
+    if id_token_audience is not None and (not isinstance(id_token_audience, str) or not id_token_audience.strip()
+                                          or any(c.isspace() for c in id_token_audience)):
+        raise bad("id_token_audience", id_token_audience, "is not an audience",
+                  "pass the service URL or a custom audience, e.g. --id-token-audience https://my-service.run.app")
+    if not isinstance(api_key_header, str) or not _HEADER_NAME.match(api_key_header) \
+            or api_key_header.lower() in _RESERVED_HEADERS:
+        raise bad("api_key_header", api_key_header, "is not a header name a key can go in",
+                  "pass e.g. --api-key-header X-API-Key (Authorization carries the ID token)")
+    if api_key_secret is not None and (not isinstance(api_key_secret, str) or not _BLOCK_NAME.match(api_key_secret)):
+        raise _bad_place("api_key_secret", "a Prefect block name",
+                         "name the Secret block holding the key: lowercase letters, digits and hyphens, e.g. gpu-api-key")
+    if api_key_env is not None and (not isinstance(api_key_env, str) or not _ENV_NAME.match(api_key_env)):
+        raise _bad_place("api_key_env", "an environment variable name",
+                         "name the variable holding the key, e.g. --api-key-env GPU_API_KEY")
+    if api_key_secret and api_key_env:
+        raise bad("api_key_env", api_key_env, f"is given with --api-key-secret {api_key_secret!r}",
+                  "name one place for the key: a Secret block or an environment variable")
+
+
+def _bad_place(field: str, what: str, fix: str) -> BadInput:
+    # Not echoed: a value that is no name may be the key itself, pasted where its place belongs.
+    return BadInput(f"{field} ({_flag(field)}) is not {what} (the value is not shown: it may be the key "
+                    f"itself, and only its place belongs here): {fix}.")

@@ -1,8 +1,10 @@
 """migrate-to-gpu end to end on the emulator: all phases, or a stop with the service still serving."""
+import json
+
 import pytest
 
 from flows.migrate import migrate_to_gpu
-from gpuops import cloudrun
+from gpuops import cloudrun, job_run
 from gpuops.errors import CheckFailed
 
 P, R, S = "nca-toolkit-438301", "us-central1", "no-code-architects-toolkit"
@@ -33,3 +35,20 @@ def test_a_failing_smoke_test_stops_before_the_canary_and_stable_keeps_serving(e
     phases = {p["phase"]: p["status"] for p in failed.value.details}
     assert phases == {"describe": "done", "create-jobs": "done", "smoke-test": "failed", "canary": "not run"}
     assert f"{stable} 100%" in str(failed.value)
+
+
+def test_job_args_run_the_cpu_and_gpu_jobs_and_fill_the_6b_rows_with_measured_times(emu, artifact_text):
+    result = migrate_to_gpu(P, R, S, job_args=["--job", "--steps", "500"], **FAST)
+    assert [(p["phase"], p["status"]) for p in result["phases"]] == [
+        ("describe", "done"), ("create-jobs", "done"), ("job-test", "done"), ("smoke-test", "done"),
+        ("canary", "done")]
+    rows = {r["ja"]: r for r in result["job_times"]}
+    cr = cloudrun.connect()
+    report = "".join(json.loads(artifact_text(f"migration-{S}")))  # the markdown, Japanese unescaped
+    for ja, job in (("CPU Job実行時間", f"{S}-cpu-job"), ("GPU Job実行時間", f"{S}-gpu-job")):
+        row = rows[ja]
+        assert row["state"] == "succeeded" and row["job"] == job and row["measured_s"] > 0
+        execution = cloudrun.get_execution(cr, f"{cloudrun.job_name(P, R, job)}/executions/{row['execution']}")
+        assert row["measured_s"] == job_run.duration_s(execution)  # measured, not estimated
+        assert ja in report and row["execution"] in report
+    assert "6-B" in report and "×" in report  # the CPU-vs-GPU speedup row
