@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.cloud_run import CloudRunTarget
 from flows.common import Target, connect, resolve_target, where
-from gpuops import cloudrun, job_plan, params, smoke, state
+from gpuops import cloudrun, job_plan, params, probe_auth, smoke, state
 from gpuops.errors import BadInput, CheckFailed
 from gpuops.execution_logs import read_execution_output
 
@@ -56,33 +56,42 @@ def _probe_report(cr: cloudrun.CloudRun, execution: dict, credentials) -> Option
     return None
 
 
-def _request(client: httpx.Client, method: str, url: str, body: Optional[dict]) -> dict:
-    """One timed request as a record the planner judges; a failure is recorded, not raised."""
+def _request(client: httpx.Client, method: str, uri: str, path: str, body: Optional[dict],
+             auth: Optional[probe_auth.ProbeAuth]) -> dict:
+    """One timed request as a record the planner judges; a failure is recorded, not raised.
+
+    A 401/403 is recorded with the credential it asks for; any text kept is redacted first (an
+    error page may echo what was sent), then cut.
+    """
+    headers = auth.headers_for(uri) if auth is not None else None
+    redact = auth.redact if auth is not None else (lambda text: text)
     started = time.perf_counter()
     try:
-        answer = client.request(method, url, json=body)
+        answer = client.request(method, uri.rstrip("/") + path, json=body, headers=headers)
     except httpx.HTTPError as exc:
         return {"status": None, "ms": round((time.perf_counter() - started) * 1000, 1),
-                "fields": None, "error": f"{type(exc).__name__}: {exc}"}
+                "fields": None, "error": redact(f"{type(exc).__name__}: {exc}")[:_ERROR_CHARS], "refused": None}
     ms = round((time.perf_counter() - started) * 1000, 1)
     try:
         payload = answer.json()
     except ValueError:
         payload = None
     fields = sorted(payload) if isinstance(payload, dict) else None
-    error = None if answer.status_code == 200 else answer.text.strip()[:_ERROR_CHARS]
-    return {"status": answer.status_code, "ms": ms, "fields": fields, "error": error}
+    refused = probe_auth.explain_refusal(auth, uri, answer.status_code, answer.headers.get("www-authenticate", ""),
+                                         answer.text[:500])
+    error = None if answer.status_code == 200 else (refused or redact(answer.text.strip())[:_ERROR_CHARS])
+    return {"status": answer.status_code, "ms": ms, "fields": fields, "error": error, "refused": refused}
 
 
 @task(name="call-service", cache_policy=NO_CACHE, persist_result=False)
 def call_service(uri: str, calls: list[tuple[str, str, Optional[dict]]], requests: int,
-                 timeout_s: float) -> dict[str, list[dict]]:
+                 timeout_s: float, auth: Optional[probe_auth.ProbeAuth] = None) -> dict[str, list[dict]]:
     """`requests` rounds of the given (method, path, body) calls, in order; records per path."""
     records: dict[str, list[dict]] = {path: [] for _, path, _ in calls}
     with httpx.Client(timeout=timeout_s, follow_redirects=False) as client:
         for _ in range(requests):
             for method, path, body in calls:
-                records[path].append(_request(client, method, uri.rstrip("/") + path, body))
+                records[path].append(_request(client, method, uri, path, body, auth))
     return records
 
 
@@ -106,7 +115,9 @@ def _require(cr: cloudrun.CloudRun, target: Target, prefix: Optional[str]) -> tu
 def report_markdown(result: dict) -> str:
     verdict = "PASSED" if result["passed"] else f"FAILED ({', '.join(result['failed'])})"
     lines = [f"# GPU smoke test of `{result['gpu_service']}`: {verdict}", "",
-             f"**{result['gpu_label']}**", "", f"API: {result['api']}", "", f"GPU job: `{result['gpu_job']}`, "
+             f"**{result['gpu_label']}**", "", f"API: {result['api']}", "",
+             f"Credentials the probes sent: {result.get('credentials_sent', 'none')}", "",
+             f"GPU job: `{result['gpu_job']}`, "
              f"execution `{result['execution']}`; GPU service URL: {result['gpu_uri']}", "",
              "| check | result | detail | figures |", "|---|---|---|---|"]
     for c in result["checks"]:
@@ -151,6 +162,11 @@ def gpu_smoke_test(
     requests: int = 3,
     timeout_s: float = 600,
     target: Optional[CloudRunTarget] = None,
+    id_token: bool = False,
+    id_token_audience: Optional[str] = None,
+    api_key_header: str = probe_auth.DEFAULT_API_KEY_HEADER,
+    api_key_secret: Optional[str] = None,
+    api_key_env: Optional[str] = None,
 ) -> dict:
     """Smoke-test the GPU job and GPU service made by create-jobs; compare latency with the CPU service.
 
@@ -171,21 +187,31 @@ def gpu_smoke_test(
         requests: how many health and generation requests each service gets.
         timeout_s: bound on the job execution's wait and on each HTTP request, in seconds.
         target: a gpuops Cloud Run target block; explicit parameters win over its fields.
+        id_token: send a Google ID token (audience = the URL of each service called), from
+            GOOGLE_APPLICATION_CREDENTIALS or the metadata server: services that require authentication.
+        id_token_audience: a custom audience for the ID token instead of the service URL (implies id_token).
+        api_key_header: the header an API key goes in.
+        api_key_secret: NAME of a Prefect Secret block holding the API key (never the key itself).
+        api_key_env: NAME of an environment variable holding the API key, on the machine running the flow.
     """
     where_to, credentials = resolve_target(project, region, service, target)
     params.smoke_test(prefix_value=prefix, min_vram_gib=min_vram_gib, requests=requests, timeout_s=timeout_s)
+    params.probe_auth(id_token=id_token, id_token_audience=id_token_audience, api_key_header=api_key_header,
+                      api_key_secret=api_key_secret, api_key_env=api_key_env)
+    auth = probe_auth.from_parameters(id_token, id_token_audience, api_key_header, api_key_secret, api_key_env)
     ids = job_plan.resource_ids(prefix or where_to.service)
     cr = connect(where_to, credentials)
     job, gpu = _require(cr, where_to, prefix)
+    _prepare(auth, gpu.get("uri"))
 
     args = list(probe_args) + (["--min-vram-gib", str(min_vram_gib)] if min_vram_gib else [])
     execution, probe = run_gpu_probe(cr, job, args, timeout_s, credentials)
     calls = [("GET", health_path, None), ("POST", generation_path, generation_body)]
-    gpu_calls = call_service(gpu["uri"], calls, requests, timeout_s) if gpu.get("uri") else _no_url(calls)
+    gpu_calls = call_service(gpu["uri"], calls, requests, timeout_s, auth) if gpu.get("uri") else _no_url(calls)
     health, generation = gpu_calls[health_path], gpu_calls[generation_path]
 
     stable = cloudrun.get_service(cr, where_to.service_name) or {}
-    baseline = call_service(stable["uri"], calls[1:], requests, timeout_s) if stable.get("uri") else {}
+    baseline = call_service(stable["uri"], calls[1:], requests, timeout_s, auth) if stable.get("uri") else {}
     verdict = smoke.judge_smoke(execution, probe, health, generation, expect_field)
     result = {
         "service": where_to.service, "gpu_service": ids["gpu_service"], "gpu_job": ids["gpu_job"],
@@ -194,12 +220,22 @@ def gpu_smoke_test(
         "comparison": smoke.comparison_table(smoke.ok_latencies(generation),
                                              smoke.ok_latencies(baseline.get(generation_path, []))),
         "comparison_note": _comparison_note(cr, stable.get("uri"), where_to.service),
+        "credentials_sent": auth.describe() if auth is not None else "none",
     }
     _publish(result, where_to.service)
     if not result["passed"]:
+        refused = smoke.auth_refusal(health + generation)
         raise CheckFailed(f"GPU smoke test of {ids['gpu_service']} failed: {', '.join(result['failed'])} "
-                          f"({result['gpu_label']})", result["checks"])
+                          f"({result['gpu_label']})" + (f"; {refused}" if refused else ""), result["checks"])
     return result
+
+
+def _prepare(auth: Optional[probe_auth.ProbeAuth], gpu_uri: Optional[str]) -> None:
+    """Read every credential before the GPU job runs: a missing one stops the test before it costs GPU time."""
+    if auth is None:
+        return
+    get_run_logger().info("probes of the services send %s", auth.describe())
+    auth.prepare(gpu_uri)
 
 
 def _publish(result: dict, service: str) -> None:

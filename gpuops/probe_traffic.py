@@ -7,6 +7,7 @@ from typing import Protocol
 
 import httpx
 
+from gpuops.probe_auth import ProbeAuth, explain_refusal
 from gpuops.traffic import Gates, Window
 
 
@@ -28,10 +29,14 @@ class ProbeTraffic:
     body: dict | None = field(default_factory=lambda: {"prompt": "canary probe", "steps": 200})
     timeout_s: float = 30.0
     stop_early: bool = True  # end the window once its errors already break the limit
+    # Credentials for a protected service (ID token, API key header); None sends none, as before.
+    auth: ProbeAuth | None = field(default=None, repr=False)
+    _refusal: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def observe(self, url: str, window_s: float, gates: Gates, revision: str | None = None) -> Window:
         # `revision` is not needed: the tag URL reaches the candidate alone.
         latencies, errors, sent, first_error_at = [], 0, 0, None
+        self._refusal = None  # which credential a 401/403 asked for, said once per window
         interval = window_s / self.requests if self.requests else 0
         # Past this many errors the window can only fail: stop and say so at once.
         doomed_at = int(gates.max_error_rate * self.requests) + 1
@@ -49,17 +54,27 @@ class ProbeTraffic:
                 wait = started + (i + 1) * interval - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
-        return Window(requests=sent, errors=errors, latencies_ms=tuple(latencies),
-                      source=f"{sent} probe requests {self.method} {url}{self.path}",
+        source = f"{sent} probe requests {self.method} {url}{self.path}"
+        if self.auth is not None:
+            source += f" with {self.auth.describe()}"
+        if self._refusal:
+            source += f"; refused: {self._refusal}"
+        return Window(requests=sent, errors=errors, latencies_ms=tuple(latencies), source=source,
                       first_error_at=first_error_at, ended_at=time.time())
 
     def _one(self, client: httpx.Client, url: str) -> tuple[bool, float]:
+        # Read per request: a cached ID token is refreshed when a long window outlives it.
+        headers = self.auth.headers_for(url) if self.auth is not None else None
         start = time.perf_counter()
         try:
-            response = client.request(self.method, url.rstrip("/") + self.path,
+            response = client.request(self.method, url.rstrip("/") + self.path, headers=headers,
                                       json=self.body if self.method != "GET" else None)
             # Our own known-good request: a 4xx (auth refused, route gone) is no more a pass than a 5xx.
             ok = response.status_code < 400
         except httpx.HTTPError:
-            ok = False
-        return ok, (time.perf_counter() - start) * 1000
+            return False, (time.perf_counter() - start) * 1000
+        ms = (time.perf_counter() - start) * 1000
+        if self._refusal is None:
+            self._refusal = explain_refusal(self.auth, url, response.status_code,
+                                            response.headers.get("www-authenticate", ""), response.text[:500])
+        return ok, ms

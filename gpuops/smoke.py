@@ -156,3 +156,8 @@ def comparison_table(gpu_latencies: list[float], cpu_latencies: list[float]) -> 
              "p95_ms": round(percentile(values, 95), 1) if values else None,
              "speedup_vs_cpu": (speedup if side == "GPU" else 1.0) if speedup is not None else None,
              "how": f"measured: {len(values)} sequential requests"} for side, values in sides]
+
+
+def auth_refusal(records: list[dict]) -> str | None:
+    """The first request refused for want of a credential, as the probe explained it (which one, which flag)."""
+    return next((r["refused"] for r in records if r.get("refused")), None)

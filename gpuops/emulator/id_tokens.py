@@ -52,7 +52,7 @@ class TokenIssuer:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._signing = new_key_pair()
+        self._signing_pair: KeyPair | None = None  # made on first use: most emulators never sign a token
         self._signing_kid = uuid.uuid4().hex
         self._accounts: dict[str, tuple[str, str]] = {}  # key id -> (account email, public key PEM)
 
@@ -91,6 +91,13 @@ class TokenIssuer:
         if claims.get("aud") not in audiences:
             return f"the token's audience {claims.get('aud')!r} is not this service's URL"
         return None
+
+    @property
+    def _signing(self) -> KeyPair:
+        with self._lock:
+            if self._signing_pair is None:
+                self._signing_pair = new_key_pair()
+            return self._signing_pair
 
     def _verified_assertion(self, assertion: str) -> dict:
         from google.auth import exceptions, jwt
