@@ -165,9 +165,12 @@ def run_migration() -> dict:
     release(bad=False)
     result = migrate_to_gpu(PROJECT, REGION, SERVICE, canary_window_s=CANARY["window_s"],
                             probe_requests=CANARY["probe_requests"], min_requests=CANARY["min_requests"],
-                            approve_final=False)
+                            approve_final=False, job_args=["--job", "--steps", "200000"])
     for row in result["phases"]:
         say(f"   {row['phase']:12} {row['status']:5} {row['percent']:3}%  {row['evidence']}")
+    for row in result.get("job_times", []):  # runbook 6-B: CPU Job実行時間 / GPU Job実行時間, measured
+        figure = f"x{row['speedup']}" if "speedup" in row else f"{row['measured_s']} s"
+        say(f"   6-B {row['ja']}: {figure}" + (f"  (execution {row['execution']})" if row["execution"] else ""))
     est = result["cost"]["estimate"]
     say(f"   cost ESTIMATE from stated inputs (100 job h + 50 service h a month): ${est['usd_per_month']}/month "
         f"at ${est['rate']['total']}/h ({est['price_source']})")
