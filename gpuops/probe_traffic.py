@@ -35,32 +35,41 @@ class ProbeTraffic:
 
     def observe(self, url: str, window_s: float, gates: Gates, revision: str | None = None) -> Window:
         # `revision` is not needed: the tag URL reaches the candidate alone.
-        latencies, errors, sent, first_error_at = [], 0, 0, None
+        return self._windows([url], window_s, gates)[0]
+
+    def observe_pair(self, candidate_url: str, stable_url: str, window_s: float,
+                     gates: Gates) -> tuple[Window, Window]:
+        """The same requests to the candidate and to stable, interleaved (who goes first alternates),
+        so that both samples share the window's conditions and differ only by the release."""
+        candidate, stable = self._windows([candidate_url, stable_url], window_s, gates)
+        return candidate, stable
+
+    def _windows(self, urls: list[str], window_s: float, gates: Gates) -> list[Window]:
+        seen = [_Sample() for _ in urls]
         self._refusal = None  # which credential a 401/403 asked for, said once per window
         interval = window_s / self.requests if self.requests else 0
-        # Past this many errors the window can only fail: stop and say so at once.
+        # Past this many candidate errors the window can only fail: stop and say so at once.
         doomed_at = int(gates.max_error_rate * self.requests) + 1
         started = time.monotonic()
         with httpx.Client(timeout=self.timeout_s) as client:
             for i in range(self.requests):
-                ok, ms = self._one(client, url)
-                sent += 1
-                latencies.append(ms)
-                errors += 0 if ok else 1
-                if not ok and first_error_at is None:
-                    first_error_at = time.time()
-                if self.stop_early and errors >= doomed_at:
+                order = range(len(urls)) if i % 2 == 0 else reversed(range(len(urls)))
+                for k in order:
+                    seen[k].add(*self._one(client, urls[k]))
+                if self.stop_early and seen[0].errors >= doomed_at:
                     break
                 wait = started + (i + 1) * interval - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
+        return [sample.window(self._source(url, sample.sent)) for url, sample in zip(urls, seen)]
+
+    def _source(self, url: str, sent: int) -> str:
         source = f"{sent} probe requests {self.method} {url}{self.path}"
         if self.auth is not None:
             source += f" with {self.auth.describe()}"
         if self._refusal:
             source += f"; refused: {self._refusal}"
-        return Window(requests=sent, errors=errors, latencies_ms=tuple(latencies), source=source,
-                      first_error_at=first_error_at, ended_at=time.time())
+        return source
 
     def _one(self, client: httpx.Client, url: str) -> tuple[bool, float]:
         # Read per request: a cached ID token is refreshed when a long window outlives it.
@@ -78,3 +87,25 @@ class ProbeTraffic:
             self._refusal = explain_refusal(self.auth, url, response.status_code,
                                             response.headers.get("www-authenticate", ""), response.text[:500])
         return ok, ms
+
+
+@dataclass
+class _Sample:
+    """What one side of a window saw, request by request."""
+
+    sent: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+    first_error_at: float | None = None
+
+    def add(self, ok: bool, ms: float) -> None:
+        self.sent += 1
+        self.latencies.append(ms)
+        if not ok:
+            self.errors += 1
+            if self.first_error_at is None:
+                self.first_error_at = time.time()
+
+    def window(self, source: str) -> Window:
+        return Window(requests=self.sent, errors=self.errors, latencies_ms=tuple(self.latencies), source=source,
+                      first_error_at=self.first_error_at, ended_at=time.time())

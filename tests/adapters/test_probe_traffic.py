@@ -38,3 +38,46 @@ def test_a_refused_connection_is_an_error():
 
     window = ProbeTraffic(requests=3, timeout_s=2, stop_early=False).observe("http://127.0.0.1:9", 0.0, GATES)
     assert (window.requests, window.errors) == (3, 3)
+
+
+@pytest.fixture(scope="module")
+def slow_app_url():
+    """The sample app as its own process, 80 ms slower per request (SAMPLE_APP_LATENCY_MS)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "SAMPLE_APP_LATENCY_MS": "80", "PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "gpuops.sample_app"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{url}/healthz", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_a_pair_window_sends_the_same_requests_to_both_sides_and_tells_the_slow_one(app_url, slow_app_url):
+    from gpuops.probe_traffic import ProbeTraffic
+    from gpuops.rollout.compare import Tolerance, judge_side_by_side
+
+    candidate, stable = ProbeTraffic(requests=12, body={"prompt": "p", "steps": 10}).observe_pair(
+        slow_app_url, app_url, 0.1, GATES)
+    assert (candidate.requests, stable.requests) == (12, 12) and candidate.errors == stable.errors == 0
+    assert min(candidate.latencies_ms) >= 80 > sorted(stable.latencies_ms)[6]
+    assert slow_app_url in candidate.source and app_url in stable.source
+    verdict, figures = judge_side_by_side(candidate, stable, GATES, Tolerance(latency_ratio=1.5))
+    assert verdict.outcome == "fail" and figures["p_value"] < 0.01
