@@ -1,14 +1,83 @@
 """Blocks for the Cloud Run migration: where the service lives, and the GPU it moves to."""
 from __future__ import annotations
 
-from typing import Optional
+import copy
+import json
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
 
-from prefect.blocks.core import Block
-from prefect_gcp import GcpCredentials
-from pydantic import Field
+from prefect._internal.compatibility.async_dispatch import async_dispatch
+from prefect.blocks.core import Block, schema_extra
+from pydantic import ConfigDict, Field
+from pydantic_core import core_schema
 
 from gpuops.gpu_rules import GpuSpec
 
+# prefect_gcp's package imports BigQuery, Storage, Secret Manager, Vertex AI and its workers (1.5 s):
+# it is imported only when a CloudRunTarget actually holds credentials or is registered with a
+# Prefect API. Until then the block's schema (what the UI's form and the API see) comes from
+# GcpCredentials' own schema, stored in gcp_credentials.schema.json and checked against the
+# installed prefect-gcp by tests/blocks.
+_GCP_SCHEMA_FILE = Path(__file__).with_name("gcp_credentials.schema.json")
+_GCP_CORE_REF = "prefect_gcp.credentials.GcpCredentials:lazy"
+
+
+@lru_cache(maxsize=1)
+def _stored_gcp_credentials_schema() -> dict:
+    return json.loads(_GCP_SCHEMA_FILE.read_text())["schema"]
+
+
+def gcp_credentials_schema() -> dict:
+    """`GcpCredentials.model_json_schema()` of the prefect-gcp this project pins (a copy each call)."""
+    return copy.deepcopy(_stored_gcp_credentials_schema())
+
+
+def _gcp_credentials_class():
+    from prefect_gcp import GcpCredentials
+
+    return GcpCredentials
+
+
+def _validate_gcp_credentials(value: Any):
+    # What a field typed `GcpCredentials` accepts: an instance as it is, or its fields as a dict.
+    cls = _gcp_credentials_class()
+    return value if isinstance(value, cls) else cls.model_validate(value)
+
+
+class LazyGcpCredentials:
+    """Annotation of a field holding prefect-gcp `GcpCredentials`, without importing prefect_gcp
+    until a value is validated. Its JSON schema is GcpCredentials' (a `$ref` to its definition)."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> core_schema.CoreSchema:
+        # The ref makes pydantic put the schema under `definitions` and point at it, as it does for
+        # a model; the serializer of the value's own class is used, as for a field typed with it.
+        return core_schema.no_info_plain_validator_function(_validate_gcp_credentials, ref=_GCP_CORE_REF)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema, handler: Any) -> dict:
+        # As pydantic writes a Block nested in a model: without Prefect's `position` keys, and with
+        # `additionalProperties` (Blocks allow extra fields); Block.model_json_schema puts the
+        # positions back and drops additionalProperties, see CloudRunTarget.model_json_schema.
+        fragment = gcp_credentials_schema()
+        for prop in fragment.get("properties", {}).values():
+            prop.pop("position", None)
+        return {**fragment, "additionalProperties": True}
+
+
+def _target_schema_extra(schema: dict[str, Any], model: type[Block]) -> None:
+    """Prefect's block schema extras, plus what it derives from a nested Block annotation (secret
+    fields, block schema reference) for the credentials field, whose annotation is lazy."""
+    schema_extra(schema, model)
+    gcp = gcp_credentials_schema()
+    schema["secret_fields"] = [*schema["secret_fields"], *(f"credentials.{s}" for s in gcp["secret_fields"])]
+    schema["block_schema_references"] = {
+        **schema["block_schema_references"],
+        "credentials": {"block_type_slug": gcp["block_type_slug"],
+                        "block_schema_checksum": Block._calculate_schema_checksum(gcp)},
+    }
 
 
 class CloudRunTarget(Block):
@@ -35,13 +104,34 @@ class CloudRunTarget(Block):
             "URL is a local emulator reached without credentials. `GPUOPS_CLOUD_RUN_API` wins over it."
         ),
     )
-    credentials: Optional[GcpCredentials] = Field(
+    credentials: Optional[LazyGcpCredentials] = Field(
         default=None,
         description="prefect-gcp credentials; empty means Application Default Credentials.",
     )
 
+    model_config = ConfigDict(json_schema_extra=_target_schema_extra)
+
     def google_credentials(self):
         return self.credentials.get_credentials_from_service_account() if self.credentials else None
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        schema = super().model_json_schema(*args, **kwargs)
+        if "GcpCredentials" in schema.get("definitions", {}):
+            schema["definitions"]["GcpCredentials"] = gcp_credentials_schema()  # with Prefect's positions
+        return schema
+
+    @classmethod
+    async def aregister_type_and_schema(cls, client=None) -> None:
+        # Prefect registers a nested block's type first, found from the field's annotation.
+        await _gcp_credentials_class().aregister_type_and_schema(client=client)
+        await super().aregister_type_and_schema(client=client)
+
+    @classmethod
+    @async_dispatch(aregister_type_and_schema)
+    def register_type_and_schema(cls, client=None) -> None:
+        _gcp_credentials_class().register_type_and_schema(_sync=True)
+        super().register_type_and_schema(_sync=True)
 
 
 class GpuProfile(Block):
@@ -93,3 +183,14 @@ class GpuProfile(Block):
             max_instances=self.max_instances,
             min_instances=self.min_instances,
         )
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--write-gcp-credentials-schema"]:
+    from prefect_gcp import GcpCredentials, __version__
+
+    _GCP_SCHEMA_FILE.write_text(json.dumps({
+        "_comment": json.loads(_GCP_SCHEMA_FILE.read_text())["_comment"],
+        "prefect_gcp_version": __version__,
+        "schema": GcpCredentials.model_json_schema(),
+    }, indent=2) + "\n")
+    print(f"wrote {_GCP_SCHEMA_FILE} (prefect-gcp {__version__})")

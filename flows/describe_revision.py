@@ -5,7 +5,6 @@ from datetime import datetime, timezone
 from typing import Optional
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from blocks.cloud_run import CloudRunTarget
@@ -72,6 +71,8 @@ def describe_revision(
         service: the Cloud Run service to migrate (or take it from `target`).
         target: a gpuops Cloud Run target block; explicit parameters win over its fields.
     """
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
     where_to, credentials = resolve_target(project, region, service, target)
     cr = connect(where_to, credentials)
     live_service, live_revision = read_live_revision(cr, where_to)

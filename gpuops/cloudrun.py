@@ -6,17 +6,28 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials, Credentials
-from google.cloud import run_v2
 from google.protobuf import json_format
 
 from gpuops import retry
 from gpuops.dicts import is_subset
 from gpuops.errors import CouldNotRun
+
+if TYPE_CHECKING:
+    from google.cloud import run_v2  # imported where a client is built or a body parsed (0.4 s)
+
+
+def __getattr__(name: str):
+    # `cloudrun.run_v2` for callers, imported on first use like the functions here do.
+    if name == "run_v2":
+        from google.cloud import run_v2
+
+        return run_v2
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 log = logging.getLogger("gpuops.cloudrun")
 
@@ -47,6 +58,7 @@ class CloudRun:
 
 def connect(endpoint: str | None = None, credentials: Credentials | None = None) -> CloudRun:
     """Clients for `GPUOPS_CLOUD_RUN_API` (wins), else `endpoint`, else Google with ADC."""
+    from google.cloud import run_v2
     endpoint = os.environ.get(ENDPOINT_ENV) or endpoint or None
     if endpoint and endpoint.startswith("http://"):
         credentials = AnonymousCredentials()  # a local emulator: no Google credentials
@@ -175,6 +187,7 @@ def delete_revision(cr: CloudRun, name: str) -> bool:
 
 
 def create_service(cr: CloudRun, name: str, body: dict) -> dict:
+    from google.cloud import run_v2
     parent, sid = _split(name)
     msg = from_dict(run_v2.Service, body)
     start = lambda: cr.services.create_service(parent=parent, service=msg, service_id=sid, retry=None,
@@ -188,6 +201,7 @@ def update_service(cr: CloudRun, name: str, body: dict, etag: str | None = None)
     A lost answer after a template change must not be sent again blindly: read back first. A resend
     keeps the etag: if the write did not take, nothing changed it, so the etag is still current.
     """
+    from google.cloud import run_v2
     msg = from_dict(run_v2.Service, {**body, "name": name, **({"etag": etag} if etag else {})})
     start = lambda: cr.services.update_service(service=msg, retry=None, timeout=CALL_TIMEOUT_S)
     return _write(cr, "update service", run_v2.Service, name, body, start, get_service)
@@ -262,6 +276,7 @@ def list_jobs(cr: CloudRun, location: str) -> list[dict]:
 
 
 def create_job(cr: CloudRun, name: str, body: dict) -> dict:
+    from google.cloud import run_v2
     parent, jid = _split(name)
     msg = from_dict(run_v2.Job, body)
     start = lambda: cr.jobs.create_job(parent=parent, job=msg, job_id=jid, retry=None, timeout=CALL_TIMEOUT_S)
@@ -269,6 +284,7 @@ def create_job(cr: CloudRun, name: str, body: dict) -> dict:
 
 
 def update_job(cr: CloudRun, name: str, body: dict, etag: str | None = None) -> dict:
+    from google.cloud import run_v2
     msg = from_dict(run_v2.Job, {**body, "name": name, **({"etag": etag} if etag else {})})
     start = lambda: cr.jobs.update_job(job=msg, retry=None, timeout=CALL_TIMEOUT_S)
     return _write(cr, "update job", run_v2.Job, name, body, start, get_job)
@@ -291,6 +307,7 @@ def run_job(cr: CloudRun, name: str, overrides: dict | None = None) -> dict:
     Running a job is not idempotent: a retry after a lost answer would start a second
     execution. The guard compares the job's latest execution with the one before the call.
     """
+    from google.cloud import run_v2
     request = from_dict(run_v2.RunJobRequest, {"name": name, "overrides": overrides or {}})
     before = _latest_execution(cr, name)
 
