@@ -104,12 +104,43 @@ def _rollback(args) -> dict:
 
 def _migrate(args) -> dict:
     from flows.migrate import migrate_to_gpu
+    from gpuops import params
 
     target, profile = _target(args), gpu_profile(args)
     check_canary_args(args)
+    params.job_args("job_args", args.job_args)
+    params.seconds("job_timeout_s", args.job_timeout_s, high=params.MAX_JOB_WAIT_S, example="1800")
     return migrate_to_gpu(*target, gpu_profile=profile, steps=args.steps,
                           canary_window_s=args.window_s, probe_requests=args.probe_requests,
-                          min_requests=args.min_requests, approve_final=args.approve_final)
+                          min_requests=args.min_requests, approve_final=args.approve_final,
+                          job_args=args.job_args, job_timeout_s=args.job_timeout_s)
+
+
+def _run_job(args) -> dict:
+    from flows.common import resolve_target
+    from flows.run_job import run_job
+    from gpuops import params
+
+    job_args = [*(args.args or []), *args.job_args] or None
+    params.run_job(job=args.job, args=job_args, timeout_s=args.timeout_s, log_lines=args.log_lines)
+    resolve_target(args.project, args.region, args.job)  # project and region named before a flow run starts
+    return run_job(args.project, args.region, args.job, args=job_args, timeout_s=args.timeout_s,
+                   log_lines=args.log_lines)
+
+
+def _run_job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", required=True, help="Google Cloud project ID")
+    p.add_argument("--region", required=True, help="Cloud Run region, e.g. us-central1")
+    p.add_argument("--job", required=True, help="the Cloud Run job to execute, e.g. my-service-cpu-job")
+    p.add_argument("--args", nargs="*", action="extend", metavar="A",
+                   help="the container's args for this execution; values starting with '-' go after `--` "
+                        "or as --args=VALUE")
+    p.add_argument("job_args", nargs="*", metavar="-- ARG", help="more args for the job, after `--`")
+    p.add_argument("--timeout-s", type=float, default=1800.0,
+                   help="how long to wait (default 1800); past it the execution is cancelled")
+    p.add_argument("--log-lines", type=int, default=20, help="last log lines to show (default 20)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
+    p.set_defaults(uses_prefect=True, run=_run_job)
 
 
 def _canary_args(p: argparse.ArgumentParser) -> None:
@@ -172,9 +203,18 @@ def register(subparsers) -> None:
                    help="the revision to send all traffic to, when no canary state says which is stable")
     p.set_defaults(run=_rollback)
 
+    p = subparsers.add_parser("run-job", help="execute a Cloud Run job once, bounded: state, time, log tail "
+                                              "(phases 1-B, 6-B)")
+    _run_job_args(p)
+
     p = subparsers.add_parser("migrate", help="describe, create jobs, smoke test and canary in one flow")
     service_args(p, prefix=False)
     _canary_args(p)
     p.add_argument("--no-approve-final", dest="approve_final", action="store_false",
                    help="do not pause before the last step (by default the migration asks)")
+    p.add_argument("--job-args", nargs="*", action="extend", metavar="A",
+                   help="run the CPU and the GPU job with these args after create-jobs and measure both "
+                        "(runbook 1-B, 6-B); values starting with '-' as --job-args=VALUE")
+    p.add_argument("--job-timeout-s", type=float, default=1800.0,
+                   help="bound on each of those job executions (default 1800)")
     p.set_defaults(run=_migrate)

@@ -150,6 +150,7 @@ def cost_inputs(**hours: Any) -> None:
         number(field, value, low=0, high=744, unit="hours a month", example="100")
 
 
+
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an HTTP field name (RFC 9110 token)
 _BLOCK_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # Prefect block document names
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -184,3 +185,33 @@ def _bad_place(field: str, what: str, fix: str) -> BadInput:
     # Not echoed: a value that is no name may be the key itself, pasted where its place belongs.
     return BadInput(f"{field} ({_flag(field)}) is not {what} (the value is not shown: it may be the key "
                     f"itself, and only its place belongs here): {fix}.")
+
+
+MAX_JOB_ARGS, MAX_JOB_ARG_CHARS = 1000, 4096
+MAX_JOB_WAIT_S = 7 * 86400  # Cloud Run's longest task timeout (168 h)
+
+
+def job_args(field: str, value: Any) -> list[str] | None:
+    """Args a job execution runs with (an override of the container's args); None keeps the job's own."""
+    if value is None:
+        return None
+    fix = f"pass a list of strings, e.g. {_flag(field)} --job --steps 2000"
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise bad(field, value, "is not a list of arguments", fix)
+    if len(value) > MAX_JOB_ARGS:
+        raise bad(field, f"<{len(value)} args>", f"holds more than {MAX_JOB_ARGS} arguments", fix)
+    for arg in value:
+        if not isinstance(arg, str) or "\x00" in arg or len(arg) > MAX_JOB_ARG_CHARS:
+            raise bad(field, arg, f"is not an argument (a string without NUL, at most {MAX_JOB_ARG_CHARS} "
+                                  "characters)", fix)
+    return list(value)
+
+
+def run_job(*, job: Any, args: Any = None, timeout_s: Any = 1800, log_lines: Any = 20) -> dict:
+    """run-job's whole request (project and region are checked with the target)."""
+    return {
+        "job": resource_name("job", job),
+        "args": job_args("args", args),
+        "timeout_s": seconds("timeout_s", timeout_s, high=MAX_JOB_WAIT_S, example="1800"),
+        "log_lines": count("log_lines", log_lines, low=0, high=1000, example="20"),
+    }
