@@ -7,11 +7,13 @@ from prefect import flow, runtime
 
 from blocks.cloud_run import CloudRunTarget, GpuProfile
 from flows.common import Target, connect, notify, resolve_target, where
-from gpuops import cloudrun, gpu_rules, params
+from gpuops import cloudrun, gpu_rules, params, probe_auth
 from gpuops.errors import CheckFailed
 from gpuops.monitoring import CloudMonitoringRequests
 from gpuops.probe_traffic import MetricsSource, ProbeTraffic
+from gpuops.rollout.backend import Urls
 from gpuops.rollout.cloud_run import CloudRunBackend
+from gpuops.rollout.compare import Tolerance
 from gpuops.rollout.engine import Observation, Plan, Rollout
 from gpuops.traffic import Gates
 
@@ -25,6 +27,16 @@ def metrics_source(metrics: str, probe: ProbeTraffic, gates: Gates, target: Targ
     endpoint = cr.endpoint if cr.is_emulator else None
     return CloudMonitoringRequests(target.project, target.service, endpoint, credentials,
                                    traffic=lambda url, seconds: probe.observe(url, seconds, gates))
+
+
+def observer(source: MetricsSource, plan: Plan, compare_with_stable: bool):
+    """One window: the candidate alone, or side by side with stable when the source can probe both."""
+    def observe(urls: Urls, state) -> Observation:
+        if compare_with_stable and urls.stable and isinstance(source, ProbeTraffic):
+            return Observation(*source.observe_pair(urls.candidate, urls.stable, plan.window_s, plan.gates))
+        return Observation(source.observe(urls.candidate, plan.window_s, plan.gates, revision=state.candidate))
+
+    return observe
 
 
 @flow(name="canary-shift")
@@ -49,6 +61,14 @@ def canary_shift(
     notify_block: Optional[str] = None,
     target: Optional[CloudRunTarget] = None,
     metrics: str = "probe",
+    compare_with_stable: bool = True,
+    max_latency_ratio: float = 1.5,
+    max_error_margin: float = 0.02,
+    id_token: bool = False,
+    id_token_audience: Optional[str] = None,
+    api_key_header: str = probe_auth.DEFAULT_API_KEY_HEADER,
+    api_key_secret: Optional[str] = None,
+    api_key_env: Optional[str] = None,
 ) -> dict:
     """Deploy the GPU configuration as a tagged 0% revision, then shift traffic step by step.
 
@@ -82,29 +102,46 @@ def canary_shift(
             over the window; probe requests are still sent to its tag URL so that it has traffic to measure).
             On Google, Monitoring shows a minute's sample up to 3 minutes late: each window then waits
             3 minutes more before its query; use window_s of 300 or more.
+        compare_with_stable: probe stable too, with the same requests interleaved, and judge the candidate
+            against it: slower beyond `max_latency_ratio` (one-sided Mann-Whitney U) or erring more beyond
+            `max_error_margin` fails; a window where stable fails as much as the candidate holds.
+        max_latency_ratio: how much slower than stable the candidate may be, e.g. 1.5.
+        max_error_margin: how much higher than stable's its error rate may be, e.g. 0.02 for 2 points.
+        id_token: send a Google ID token (audience = the URL called) with each probe.
+        id_token_audience: a custom audience for the ID token (implies id_token).
+        api_key_header: the header an API key goes in.
+        api_key_secret: NAME of a Prefect Secret block holding the API key (never the key itself).
+        api_key_env: NAME of an environment variable holding the API key, on the machine running the flow.
     """
     where_to, credentials = resolve_target(project, region, service, target)
     profile = gpu_profile or GpuProfile()
     params.gpu_profile(profile)
     checked = params.canary(steps_text=steps, window_s=window_s, probe_requests=probe_requests,
                             min_requests=min_requests, max_error_rate=max_error_rate, max_p95_ms=max_p95_ms,
-                            max_holds=max_holds, approval_timeout_s=approval_timeout_s, metrics=metrics)
+                            max_holds=max_holds, approval_timeout_s=approval_timeout_s, metrics=metrics,
+                            max_latency_ratio=max_latency_ratio, max_error_margin=max_error_margin)
+    params.probe_auth(id_token=id_token, id_token_audience=id_token_audience, api_key_header=api_key_header,
+                      api_key_secret=api_key_secret, api_key_env=api_key_env)
     check = gpu_rules.check(profile.spec(), where_to.region)
     if not check.ok:
         raise CheckFailed("GPU plan refused before any change:\n" + "\n".join(f"  - {v}" for v in check.violations),
                           [v.__dict__ for v in check.violations])
     gates = Gates(max_error_rate=max_error_rate, max_p95_ms=max_p95_ms, min_requests=checked["min_requests"])
+    auth = probe_auth.from_parameters(id_token, id_token_audience, api_key_header, api_key_secret, api_key_env)
+    if auth is not None:
+        auth.prepare()  # a missing credential stops the canary before it deploys anything
     probe = ProbeTraffic(requests=checked["probe_requests"], path=probe_path, method=probe_method,
                          body=probe_body if probe_body is not None else ProbeTraffic().body,
-                         stop_early=stop_window_early)
+                         stop_early=stop_window_early, auth=auth)
     cr = connect(where_to, credentials)
     source = metrics_source(metrics, probe, gates, where_to, cr, credentials)
     plan = Plan(steps=checked["steps"], gates=gates, window_s=checked["window_s"], max_holds=checked["max_holds"],
-                approve_final=approve_final, approval_timeout_s=checked["approval_timeout_s"])
+                approve_final=approve_final, approval_timeout_s=checked["approval_timeout_s"],
+                tolerance=Tolerance(latency_ratio=checked["max_latency_ratio"],
+                                    error_margin=checked["max_error_margin"]))
     backend = CloudRunBackend(cr, where_to.project, where_to.region, where_to.service, profile.model_dump())
     rollout = Rollout(
         backend, plan, api=where(cr), flow_run_id=str(runtime.flow_run.id or ""),
-        observe=lambda urls, state: Observation(
-            source.observe(urls.candidate, plan.window_s, gates, revision=state.candidate)),
+        observe=observer(source, plan, compare_with_stable),
         notify=lambda subject, body: notify(notify_block, subject, body))
     return rollout.run()

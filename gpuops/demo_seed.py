@@ -26,11 +26,12 @@ def workload_seed() -> dict:
     return runbook_service_seed(sys.executable)
 
 
-def release(project: str, region: str, service: str, bad: bool) -> None:
+def release(project: str, region: str, service: str, bad: bool, latency_ms: int = 0) -> None:
     """A new release of the seeded service: its template changes while stable keeps 100%.
 
     A bad release's `/generate` answers 500 (`SAMPLE_APP_FAIL=generate`) while its health check
-    passes: what a canary must catch.
+    passes: what a canary must catch. `latency_ms` makes a slow one (`SAMPLE_APP_LATENCY_MS`): it
+    answers correctly, only later, which only the comparison with stable catches.
     """
     from gpuops import cloudrun, job_plan
     from gpuops.rollout import cloud_run_traffic
@@ -41,10 +42,14 @@ def release(project: str, region: str, service: str, bad: bool) -> None:
     state = cloud_run_traffic.state_of(current)
     stable = state.stable if state else cloudrun.short(current["latestReadyRevision"])
     template = job_plan.template_from_revision(cloudrun.get_revision(cr, f"{name}/revisions/{stable}"))
-    env = [e for e in template["containers"][0].get("env", []) if e["name"] != "SAMPLE_APP_FAIL"]
+    knobs = ("SAMPLE_APP_FAIL", "SAMPLE_APP_LATENCY_MS")
+    env = [e for e in template["containers"][0].get("env", []) if e["name"] not in knobs]
     if bad:
         env.append({"name": "SAMPLE_APP_FAIL", "value": "generate"})
+    if latency_ms:
+        env.append({"name": "SAMPLE_APP_LATENCY_MS", "value": str(latency_ms)})
     template["containers"][0]["env"] = env
-    template["labels"] = {**template.get("labels", {}), "release": "bad" if bad else "fixed"}
+    kind = "bad" if bad else f"slow-{latency_ms}ms" if latency_ms else "fixed"
+    template["labels"] = {**template.get("labels", {}), "release": kind}
     split = [{"type": cloud_run_traffic.REVISION_TYPE, "revision": stable, "percent": 100}]
     cloudrun.update_traffic(cr, name, lambda _service: cloudrun.TrafficChange(split, template=template))

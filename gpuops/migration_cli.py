@@ -45,7 +45,8 @@ def check_canary_args(args) -> None:
     from gpuops import params
 
     params.canary(steps_text=args.steps, window_s=args.window_s, probe_requests=args.probe_requests,
-                  min_requests=args.min_requests, metrics=getattr(args, "metrics", "probe"))
+                  min_requests=args.min_requests, metrics=getattr(args, "metrics", "probe"),
+                  max_latency_ratio=getattr(args, "max_latency_ratio", 1.5))
 
 
 def _target(args) -> tuple:
@@ -70,15 +71,20 @@ def _create_jobs(args) -> dict:
                        require_secret_refs=args.require_secret_refs, prefix=args.prefix, adopt=args.adopt)
 
 
+def _auth(args) -> dict:
+    """Where the probes' credentials are (never their values), as the flows take them."""
+    return {"id_token": args.id_token, "id_token_audience": args.id_token_audience,
+            "api_key_header": args.api_key_header, "api_key_secret": args.api_key_secret,
+            "api_key_env": args.api_key_env}
+
+
 def _smoke_test(args) -> dict:
     from flows.smoke_test import gpu_smoke_test
     from gpuops import params
 
     target = _target(args)
     params.smoke_test(prefix_value=args.prefix, min_vram_gib=args.min_vram_gib)
-    auth = {"id_token": args.id_token, "id_token_audience": args.id_token_audience,
-            "api_key_header": args.api_key_header, "api_key_secret": args.api_key_secret,
-            "api_key_env": args.api_key_env}
+    auth = _auth(args)
     params.probe_auth(**auth)
     return gpu_smoke_test(*target, prefix=args.prefix, min_vram_gib=args.min_vram_gib, **auth)
 
@@ -86,11 +92,17 @@ def _smoke_test(args) -> dict:
 def _canary(args) -> dict:
     from flows.canary import canary_shift
 
+    from gpuops import params
+
     target, profile = _target(args), gpu_profile(args)
     check_canary_args(args)
+    auth = _auth(args)
+    params.probe_auth(**auth)
     return canary_shift(*target, steps=args.steps, gpu_profile=profile,
                         window_s=args.window_s, probe_requests=args.probe_requests,
-                        min_requests=args.min_requests, approve_final=args.approve_final, metrics=args.metrics)
+                        min_requests=args.min_requests, approve_final=args.approve_final, metrics=args.metrics,
+                        compare_with_stable=args.compare_with_stable, max_latency_ratio=args.max_latency_ratio,
+                        **auth)
 
 
 def _rollback(args) -> dict:
@@ -195,6 +207,12 @@ def register(subparsers) -> None:
     p.add_argument("--metrics", choices=["probe", "cloud-monitoring"], default="probe",
                    help="judge windows on the probe requests (default) or on Cloud Monitoring's request "
                         "metrics (on Google use --window-s 300 or more: Monitoring lags up to 3 min)")
+    p.add_argument("--max-latency-ratio", type=float, default=1.5,
+                   help="fail a candidate slower than stable beyond this ratio, by a rank test on the same "
+                        "window's requests to both (default 1.5)")
+    p.add_argument("--no-compare-stable", dest="compare_with_stable", action="store_false",
+                   help="judge the candidate on the fixed limits alone, without probing stable alongside")
+    _probe_auth_args(p)
     p.set_defaults(run=_canary)
 
     p = subparsers.add_parser("rollback", help="all traffic back to the stable revision (phase 8-B)")

@@ -117,7 +117,7 @@ def gpu_profile(profile) -> None:
 
 def canary(*, steps_text: Any, window_s: Any, probe_requests: Any, min_requests: Any, max_error_rate: Any = 0.01,
            max_p95_ms: Any = 5000.0, max_holds: Any = 2, approval_timeout_s: Any = 3600,
-           metrics: str = "probe") -> dict:
+           metrics: str = "probe", max_latency_ratio: Any = 1.5, max_error_margin: Any = 0.02) -> dict:
     """A canary's whole request; a window that can never pass (fewer probes than the minimum) is refused."""
     checked = {
         "steps": steps(steps_text),
@@ -129,6 +129,8 @@ def canary(*, steps_text: Any, window_s: Any, probe_requests: Any, min_requests:
         "max_holds": count("max_holds", max_holds, low=0, example="2"),
         "approval_timeout_s": seconds("approval_timeout_s", approval_timeout_s, example="3600"),
         "metrics": choice("metrics", metrics, METRICS),
+        "max_latency_ratio": float(number("max_latency_ratio", max_latency_ratio, low=1, high=100, example="1.5")),
+        "max_error_margin": float(number("max_error_margin", max_error_margin, low=0, high=1, example="0.02")),
     }
     if metrics == "probe" and checked["min_requests"] > checked["probe_requests"]:
         raise bad("min_requests", min_requests, f"is more than the {checked['probe_requests']} probe requests a "
