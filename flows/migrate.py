@@ -25,11 +25,16 @@ PHASES = [
 ]
 
 
+def _history_of(exc: Exception) -> list[dict]:
+    """The windows a failed canary observed, from its CheckFailed details."""
+    details = exc.details if isinstance(exc, CheckFailed) else []
+    return next((d["history"] for d in details if isinstance(d, dict) and "history" in d), [])
+
+
 def _failure_progress(phase: str, exc: Exception, step_count: int) -> int:
     """How far a failed phase got: a canary rolled back after k of its n steps passed, say."""
-    if phase == "canary" and isinstance(exc, CheckFailed):
-        history = next((d.get("history") for d in exc.details if isinstance(d, dict) and "history" in d), None)
-        return migration_report.failure_progress(history or [], step_count)
+    if phase == "canary":
+        return migration_report.failure_progress(_history_of(exc), step_count)
     return 0
 
 
@@ -127,6 +132,8 @@ def migrate_to_gpu(
             rows.append({"phase": phase, "ja": ja, "status": "done", "percent": percent, "evidence": evidence})
         except (CheckFailed, BadInput) as exc:
             failure = f"{flow_name} failed"
+            if phase == "canary":
+                results["canary"] = {"history": _history_of(exc)}
             rows.append({"phase": phase, "ja": ja, "status": "failed",
                          "percent": _failure_progress(phase, exc, len(checked["steps"])),
                          "evidence": str(exc).splitlines()[0]})
@@ -144,8 +151,9 @@ def migrate_to_gpu(
         costs["measured"] = cost.measured(profile.gpu_type, seconds)
     job_times = measured_jobs.get("rows")
     create_markdown_artifact(key=f"migration-{where_to.service}",
-                             markdown=migration_report.checklist_markdown(where_to.service, where(cr), rows, costs,
-                                                                          serving, job_times))
+                             markdown=migration_report.checklist_markdown(
+                                 where_to.service, where(cr), rows, costs, serving, job_times,
+                                 (results.get("canary") or {}).get("history")))
     result = {"service": where_to.service, "api": where(cr), "phases": rows, "serving": serving, "cost": costs,
               **({"job_times": job_times} if job_times else {})}
     still = ", ".join(f"{t['revision']} {t['percent']}%" for t in serving if t["percent"])

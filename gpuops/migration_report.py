@@ -36,15 +36,31 @@ def failure_progress(history: list[dict], step_count: int) -> int:
 
 
 def checklist_markdown(service: str, api: str, rows: list[dict], costs: dict, serving: list[dict],
-                       job_times: list[dict] | None = None) -> str:
+                       job_times: list[dict] | None = None, canary_windows: list[dict] | None = None) -> str:
     lines = [f"# GPU migration of `{service}`", f"API: {api}", "",
              "| phase | 日本語 | status | % done | evidence |", "|---|---|---|---|---|"]
     lines += [f"| {r['phase']} | {r['ja']} | {r['status']} | {r['percent']}% | {r['evidence']} |" for r in rows]
     lines += ["", "## Serving now", *(f"- {t['percent']}% → `{t['revision']}`" for t in serving if t["percent"])]
     if job_times:
         lines += ["", *job_run.job_time_markdown(job_times, emulated="emulator" in api)]
+    if canary_windows and any("stable_requests" in w for w in canary_windows):
+        lines += ["", *response_time_markdown(canary_windows)]
     lines += _cost_lines(costs, api)
     return "\n".join(lines)
+
+
+def response_time_markdown(windows: list[dict]) -> list[str]:
+    """Runbook 6-B's response-time row, measured: each canary window sent the same requests to the GPU
+    candidate and to the CPU stable revision, interleaved."""
+    def cell(value) -> str:
+        return "-" if value is None else str(value)
+
+    rows = [f"| {w['step']} | {w['percent']}% | {w['requests']} | {cell(w['p95_ms'])} | "
+            f"{cell(w.get('stable_requests'))} | {cell(w.get('stable_p95_ms'))} | {cell(w.get('median_ratio'))} | "
+            f"{cell(w.get('p_value'))} | {w['verdict']} |" for w in windows]
+    return ["## 6-B レスポンス時間 / response time: GPU candidate vs CPU stable, per canary window (measured)",
+            "| step | GPU share | GPU requests | GPU p95 ms | CPU requests | CPU p95 ms | GPU/CPU median | "
+            "p-value | verdict |", "|---|---|---|---|---|---|---|---|---|", *rows]
 
 
 def _cost_lines(costs: dict, api: str) -> list[str]:

@@ -17,7 +17,7 @@ def emu(prefect_api, gpu_cloud_run):
     return gpu_cloud_run
 
 
-def test_a_healthy_migration_ends_on_the_gpu_revision_with_a_checklist_and_costs(emu):
+def test_a_healthy_migration_ends_on_the_gpu_revision_with_a_checklist_and_costs(emu, artifact_text):
     result = migrate_to_gpu(P, R, S, **FAST)
     assert [(p["phase"], p["status"], p["percent"]) for p in result["phases"]] == [
         ("describe", "done", 100), ("create-jobs", "done", 100), ("smoke-test", "done", 100), ("canary", "done", 100)]
@@ -25,6 +25,8 @@ def test_a_healthy_migration_ends_on_the_gpu_revision_with_a_checklist_and_costs
     assert serving["percent"] == 100 and "-gpu-" in serving["revision"]
     assert result["cost"]["estimate"]["kind"] == "estimate"
     assert result["cost"]["measured"]["gpu_seconds"] >= 0
+    checklist = artifact_text(f"migration-{S}")
+    assert "GPU candidate vs CPU stable, per canary window" in checklist  # 6-B response time, measured
 
 
 def test_a_failing_smoke_test_stops_before_the_canary_and_stable_keeps_serving(emu):

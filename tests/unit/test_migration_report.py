@@ -34,3 +34,18 @@ def test_a_resumed_canarys_history_counts_from_the_step_it_resumed_at():
 def test_without_step_numbers_passes_are_counted():
     assert migration_report.failure_progress([{"verdict": "pass"}, {"verdict": "fail"}], 4) == 25
     assert migration_report.failure_progress([], 4) == 0
+
+
+def test_the_checklist_shows_each_canary_window_gpu_beside_cpu():
+    from gpuops import migration_report
+
+    windows = [{"step": 1, "percent": 20, "requests": 30, "errors": 0, "p95_ms": 41.0, "verdict": "pass",
+                "stable_requests": 30, "stable_errors": 0, "stable_p95_ms": 120.5, "median_ratio": 0.35,
+                "p_value": 1.0}]
+    lines = migration_report.response_time_markdown(windows)
+    assert lines[0].startswith("## 6-B") and "| 1 | 20% | 30 | 41.0 | 30 | 120.5 | 0.35 | 1.0 | pass |" in lines
+    costs = {"estimate": {"price_source": "p", "inputs": {}, "usd_per_month": 1, "rate": {"total": 1, "gpu": 1,
+                                                                                        "instance": 0}}}
+    text = migration_report.checklist_markdown("svc", "api", [], costs, [], None, windows)
+    assert "GPU candidate vs CPU stable" in text
+    assert "GPU candidate vs CPU stable" not in migration_report.checklist_markdown("svc", "api", [], costs, [])
