@@ -21,7 +21,7 @@ test: sync
 	$(VENV)/bin/pytest -q
 
 demo: sync
-	$(VENV)/bin/python -m gpuops.demo
+	$(VENV)/bin/python -m gpuops_cli.demo
 
 bench: sync
 	$(VENV)/bin/python benchmarks/describe_create_jobs.py

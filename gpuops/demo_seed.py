@@ -10,7 +10,7 @@ from importlib import resources
 def runbook_service_seed(python: str | None = None) -> dict:
     """`gpuops/data/demo_seed.json`; given `python`, the container gets a command the emulator can run.
 
-    The image is never pulled: `python -m gpuops.sample_app` plays the container's entrypoint,
+    The image is never pulled: `python -m gpuops_cli.sample_app_cli` plays the container's entrypoint,
     and answers `gpu-probe ...` args the way an image that ships the probe would.
     """
     seed = json.loads(resources.files("gpuops.data").joinpath("demo_seed.json").read_text())
@@ -18,7 +18,7 @@ def runbook_service_seed(python: str | None = None) -> dict:
         seed = copy.deepcopy(seed)
         for service in seed["services"]:
             for container in service["template"]["containers"]:
-                container["command"] = [python, "-m", "gpuops.sample_app"]
+                container["command"] = [python, "-m", "gpuops_cli.sample_app_cli"]
     return seed
 
 

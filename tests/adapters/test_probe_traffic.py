@@ -55,7 +55,7 @@ def slow_app_url():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "SAMPLE_APP_LATENCY_MS": "80", "PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "gpuops.sample_app"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "gpuops_cli.sample_app_cli"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

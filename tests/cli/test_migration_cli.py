@@ -14,7 +14,7 @@ def gpuops(prefect_api, seeded_cloud_run):
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "gpuops.cli", *args], env=env,
+        return subprocess.run([sys.executable, "-m", "gpuops_cli.cli", *args], env=env,
                               capture_output=True, text=True, timeout=180)
 
     return run

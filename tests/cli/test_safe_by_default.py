@@ -1,4 +1,4 @@
-"""Safe by default, as an operator meets it: `gpuops.cli.main` in this process against the emulator and
+"""Safe by default, as an operator meets it: `gpuops_cli.cli.main` in this process against the emulator and
 the session's Prefect server. Bad input changes nothing; stale or foreign state is left alone; an
 unexpected error puts traffic back on stable; every outcome is one exit code and one JSON object."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from gpuops import cloudrun, state
-from gpuops.cli import main
+from gpuops_cli.cli import main
 from gpuops.emulator import RunsUntilCancelled
 
 P, R, S = "nca-toolkit-438301", "us-central1", "no-code-architects-toolkit"
@@ -213,7 +213,7 @@ def test_an_api_failing_every_retry_mid_canary_exits_3_and_rollback_finishes_the
 def cli(emu, prefect_api: str, tmp_path, *args: str) -> tuple[int, dict, str]:
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "prefect"),
            "GPUOPS_CLOUD_RUN_API": emu.url, "GPUOPS_STATE_DIR": str(tmp_path / "state")}
-    done = subprocess.run([sys.executable, "-m", "gpuops.cli", *args, *TARGET, "--json"], env=env,
+    done = subprocess.run([sys.executable, "-m", "gpuops_cli.cli", *args, *TARGET, "--json"], env=env,
                           capture_output=True, text=True, timeout=120)
     return done.returncode, json.loads(done.stdout), done.stderr
 

@@ -23,8 +23,8 @@ from gpuops.sample_app import generate
 PARENT = "projects/demo/locations/us-central1"
 REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
 FAST_POLL = polling.DEFAULT_POLLING.with_delay(initial=0.02, maximum=0.05).with_timeout(20)
-SAMPLE_JOB = [sys.executable, "-m", "gpuops.sample_app", "--job"]
-SAMPLE_SERVER = [sys.executable, "-m", "gpuops.sample_app"]
+SAMPLE_JOB = [sys.executable, "-m", "gpuops_cli.sample_app_cli", "--job"]
+SAMPLE_SERVER = [sys.executable, "-m", "gpuops_cli.sample_app_cli"]
 Completion = run_v2.ExecutionReference.CompletionStatus
 Cond = run_v2.Condition.State
 
@@ -290,7 +290,7 @@ def test_sample_app_can_fail_everything_and_add_latency(emu, clients, http):
 
 
 def test_sample_app_job_mode_from_the_gpuops_command(capsys, monkeypatch):
-    from gpuops import cli
+    from gpuops_cli import cli
 
     assert cli.main(["sample-app", "--job", "--prompt", "p", "--steps", "3"]) == 0
     assert generate("p", 3)["output"] in capsys.readouterr().out

@@ -81,7 +81,7 @@ def test_bad_input_is_refused_before_anything_runs(emu, kwargs, flag):
 
 def test_the_cli_prints_one_json_object_and_exits_by_outcome(emu, prefect_api):
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    command = [sys.executable, "-m", "gpuops.cli", "run-job", "--project", P, "--region", R, "--job", CPU_JOB,
+    command = [sys.executable, "-m", "gpuops_cli.cli", "run-job", "--project", P, "--region", R, "--job", CPU_JOB,
                "--timeout-s", "60", "--json", "--", *QUICK_JOB]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr

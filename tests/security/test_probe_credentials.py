@@ -105,7 +105,7 @@ def run_cli(tmp_path, api_url: str, *args: str) -> subprocess.CompletedProcess:
         "PREFECT_HOME": str(home), "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
         "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     })
-    return subprocess.run([sys.executable, "-m", "gpuops.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "gpuops_cli.cli", *args], env=env, capture_output=True, text=True,
                           timeout=240)
 
 

@@ -79,7 +79,7 @@ def user(prefect_api, planted_cloud_run, tmp_path):
     started = datetime.now(timezone.utc)
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "gpuops.cli", *args], env=env, capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "gpuops_cli.cli", *args], env=env, capture_output=True,
                               text=True, timeout=240)
         runs.append(done)
         return done

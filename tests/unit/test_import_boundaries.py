@@ -29,11 +29,11 @@ def test_describe_flow_imports_neither_prefect_gcp_nor_run_v2_until_it_runs():
 
 def test_cli_parser_imports_no_flow_no_prefect_and_no_cloud_client():
     watched = ("prefect", "flows", "google.cloud", "blocks")
-    assert imported_after("from gpuops.cli import build_parser\nbuild_parser()", watched) == []
+    assert imported_after("from gpuops_cli.cli import build_parser\nbuild_parser()", watched) == []
 
 
 def test_gpu_check_runs_without_prefect_or_flows():
     reading = ROOT / "gpuops" / "data" / "nvidia_smi" / "l4.csv"
-    statements = ("import contextlib, io\nfrom gpuops.cli import main\n"
+    statements = ("import contextlib, io\nfrom gpuops_cli.cli import main\n"
                   f"with contextlib.redirect_stdout(io.StringIO()):\n    main(['gpu-check', '--smi-csv', {str(reading)!r}, '--json'])")
     assert imported_after(statements, ("prefect", "flows", "google.cloud")) == []

@@ -1,0 +1,1 @@
+"""Entry points: the `gpuops` command, `make demo` and the sample workload's container entrypoint (top layer)."""
