@@ -1,7 +1,6 @@
 """Flow `create-jobs` (runbook phases 1-A and 2-A/2-B): the CPU job, GPU job and GPU service."""
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 from google.cloud import run_v2
@@ -51,15 +50,6 @@ def read_current(cr: cloudrun.CloudRun, target: Target, plan: dict) -> dict[str,
     return {role: _GET[item["kind"]](cr, full_name(target, item)) for role, item in plan.items()}
 
 
-def foreign(plan: dict, current: dict[str, dict | None]) -> list[gpu_rules.Violation]:
-    """Resources that exist under the planned names but were not created by gpuops."""
-    return [gpu_rules.Violation(
-        "foreign-resource", role,
-        f"{item['kind']} {item['id']} exists and gpuops did not create it (no label managed-by=gpuops).",
-        "pass --adopt (adopt: true) to let gpuops update and label it, or choose another --prefix.")
-        for role, item in plan.items() if current[role] is not None and not job_plan.managed_by_gpuops(current[role])]
-
-
 @task(name="apply-resource", cache_policy=NO_CACHE, persist_result=False)
 def apply_resource(cr: cloudrun.CloudRun, target: Target, item: dict, current: dict | None) -> dict:
     """Create, update (with the etag read) or leave alone: running it twice changes nothing the second time."""
@@ -73,16 +63,6 @@ def apply_resource(cr: cloudrun.CloudRun, target: Target, item: dict, current: d
     get_run_logger().info("%s %s %s", action, kind, item["id"])
     return {"kind": kind, "id": item["id"], "name": name, "action": action,
             "generation": result.get("generation"), "uri": result.get("uri")}
-
-
-def dry_run_markdown(plan: dict, check: gpu_rules.PlanCheck, api: str) -> str:
-    parts = ["# create-jobs dry run (nothing changed)", f"API: {api}", ""]
-    for warning in check.warnings:
-        parts.append(f"- warning: {warning}")
-    for role, item in plan.items():
-        body = json.dumps(job_plan.redact(item["body"]), indent=2)
-        parts += ["", f"## {role}: {item['kind']} `{item['id']}`", "```json", body, "```"]
-    return "\n".join(parts)
 
 
 @flow(name="create-jobs")
@@ -142,12 +122,12 @@ def create_jobs(
         result["bodies"] = {role: {"id": i["id"], "kind": i["kind"], "body": job_plan.redact(i["body"])}
                             for role, i in plan.items()}
         create_markdown_artifact(key=f"create-jobs-plan-{where_to.service}",
-                                 markdown=dry_run_markdown(plan, check, result["api"]))
+                                 markdown=job_plan.dry_run_markdown(plan, check.warnings, result["api"]))
         return result
 
     current = read_current(cr, where_to, plan)
     if not adopt:
-        refuse(foreign(plan, current), "resources gpuops did not create")
+        refuse(job_plan.foreign(plan, current), "resources gpuops did not create")
     result["resources"] = [apply_resource(cr, where_to, item, current[role]) for role, item in plan.items()]
     create_table_artifact(key=f"create-jobs-{where_to.service}", table=result["resources"],
                           description=f"Resources for {where_to.service} ({result['api']})")

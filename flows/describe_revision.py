@@ -31,31 +31,6 @@ def read_live_revision(cr: cloudrun.CloudRun, target: Target) -> tuple[dict, dic
     return service, live
 
 
-def summary_markdown(summary: dict, api: str) -> str:
-    lines = [
-        f"# Live revision of `{summary['service']}`",
-        f"Read from: {api}, at {summary['captured_at']}.",
-        "",
-        "| field | value |", "|---|---|",
-        *(f"| {k} | `{summary[k]}` |" for k in (
-            "revision", "image", "execution_environment", "service_account", "cpu", "memory",
-            "concurrency", "timeout")),
-        f"| scaling | min {summary['scaling']['min_instances']}, max {summary['scaling']['max_instances']} |",
-        f"| env names ({len(summary['env_names'])}) | {', '.join(summary['env_names'])} |",
-        f"| secret references | {', '.join(s['name'] for s in summary['secret_env']) or 'none'} |",
-        "",
-        "## Traffic",
-        *(f"- {t['percent']}% → `{t['revision']}`" + (f" (tag `{t['tag']}`)" if t["tag"] else "")
-          for t in summary["traffic"]),
-        "",
-        "## Findings",
-        *(f"- **{f['severity']}** `{f['code']}` {f['message']} Fix: {f['fix']}" for f in summary["findings"]),
-    ]
-    if not summary["findings"]:
-        lines.append("- none")
-    return "\n".join(lines)
-
-
 @flow(name="describe-revision")
 def describe_revision(
     project: Optional[str] = None,
@@ -81,20 +56,12 @@ def describe_revision(
     summary["api"] = where(cr)
     summary["snapshot_path"] = str(state.save_snapshot(where_to.project, where_to.region, summary))
     create_markdown_artifact(
-        key=f"describe-{where_to.service}", markdown=summary_markdown(summary, summary["api"]),
+        key=f"describe-{where_to.service}", markdown=revision.summary_markdown(summary, summary["api"]),
         description=f"Live revision of {where_to.service} ({summary['api']})",
     )
     create_table_artifact(
         key=f"env-{where_to.service}",
-        table=[{"name": n, "kind": _env_kind(n, summary)} for n in summary["env_names"]],
+        table=[{"name": n, "kind": revision.env_kind(n, summary)} for n in summary["env_names"]],
         description="Environment variable names only; values are never read into reports.",
     )
     return summary
-
-
-def _env_kind(name: str, summary: dict) -> str:
-    if any(s["name"] == name for s in summary["secret_env"]):
-        return "secret reference"
-    if name in summary["plaintext_secret_suspects"]:
-        return "plaintext, looks like a secret"
-    return "plaintext"

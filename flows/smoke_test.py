@@ -1,7 +1,6 @@
 """Flow `gpu-smoke-test` (runbook phases 2-C and 6-B): probe the GPU job, call the GPU service, compare with CPU."""
 from __future__ import annotations
 
-import json
 import time
 from typing import Optional
 
@@ -112,41 +111,6 @@ def _require(cr: cloudrun.CloudRun, target: Target, prefix: Optional[str]) -> tu
     return job, gpu
 
 
-def report_markdown(result: dict) -> str:
-    verdict = "PASSED" if result["passed"] else f"FAILED ({', '.join(result['failed'])})"
-    lines = [f"# GPU smoke test of `{result['gpu_service']}`: {verdict}", "",
-             f"**{result['gpu_label']}**", "", f"API: {result['api']}", "",
-             f"Credentials the probes sent: {result.get('credentials_sent', 'none')}", "",
-             f"GPU job: `{result['gpu_job']}`, "
-             f"execution `{result['execution']}`; GPU service URL: {result['gpu_uri']}", "",
-             "| check | result | detail | figures |", "|---|---|---|---|"]
-    for c in result["checks"]:
-        figure = json.dumps(c["figure"], sort_keys=True) if c["figure"] is not None else ""
-        mark = "pass" if c["passed"] else "**FAIL**"
-        lines.append(f"| {c['check']} | {mark} | {_cell(c['detail'])} | `{figure}` |")
-    lines += ["", "## CPU vs GPU (measured)", "", "| side | requests | median ms | p95 ms | speedup |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {r['side']} | {r['requests']} | {r['median_ms']} | {r['p95_ms']} | {r['speedup_vs_cpu']} |"
-              for r in result["comparison"]]
-    lines.append("")
-    lines.append(result["comparison_note"])
-    return "\n".join(lines)
-
-
-def _cell(text: str) -> str:
-    # An error body may hold pipes or newlines; either would break the table's row.
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _comparison_note(cr: cloudrun.CloudRun, baseline_uri: Optional[str], service: str) -> str:
-    if not baseline_uri:
-        return f"No CPU baseline: service `{service}` has no URL."
-    note = f"Same generation request, sent sequentially to `{service}` (CPU) and the GPU service."
-    if cr.is_emulator:
-        note += " On the emulator both are local processes on one host: the speedup says nothing about a GPU."
-    return note
-
-
 @flow(name="gpu-smoke-test")
 def gpu_smoke_test(
     project: Optional[str] = None,
@@ -219,7 +183,7 @@ def gpu_smoke_test(
         **verdict, "probe": probe, "cpu_generation": baseline.get(generation_path, []),
         "comparison": smoke.comparison_table(smoke.ok_latencies(generation),
                                              smoke.ok_latencies(baseline.get(generation_path, []))),
-        "comparison_note": _comparison_note(cr, stable.get("uri"), where_to.service),
+        "comparison_note": smoke.comparison_note(cr.is_emulator, stable.get("uri"), where_to.service),
         "credentials_sent": auth.describe() if auth is not None else "none",
     }
     _publish(result, where_to.service)
@@ -240,7 +204,7 @@ def _prepare(auth: Optional[probe_auth.ProbeAuth], gpu_uri: Optional[str]) -> No
 
 def _publish(result: dict, service: str) -> None:
     """The report first: a failed smoke test must leave its evidence before the flow fails."""
-    create_markdown_artifact(key=f"smoke-test-{service}", markdown=report_markdown(result),
+    create_markdown_artifact(key=f"smoke-test-{service}", markdown=smoke.report_markdown(result),
                              description=f"GPU smoke test of {result['gpu_service']} ({result['api']})")
     create_table_artifact(key=f"smoke-latency-{service}", table=result["comparison"],
                           description=f"CPU vs GPU latency, measured ({result['gpu_label']}; {result['api']})")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 from gpuops.dicts import dig
 from gpuops.gpu_rules import GpuSpec, Violation, gpu_table
@@ -178,3 +179,23 @@ def secret_findings(suspects: list[str], require_refs: bool) -> tuple[list[Viola
         "message": f"{name} is copied as plaintext into the new jobs and GPU service.",
         "fix": f"move {name} into Secret Manager; a later flow swaps it for a reference.",
     } for name in suspects]
+
+
+def foreign(plan: dict, current: dict[str, dict | None]) -> list[Violation]:
+    """Resources that exist under the planned names but were not created by gpuops."""
+    return [Violation(
+        "foreign-resource", role,
+        f"{item['kind']} {item['id']} exists and gpuops did not create it (no label managed-by=gpuops).",
+        "pass --adopt (adopt: true) to let gpuops update and label it, or choose another --prefix.")
+        for role, item in plan.items() if current[role] is not None and not managed_by_gpuops(current[role])]
+
+
+def dry_run_markdown(plan: dict, warnings: list[str], api: str) -> str:
+    """The exact request bodies, env values redacted: what create-jobs would send."""
+    parts = ["# create-jobs dry run (nothing changed)", f"API: {api}", ""]
+    for warning in warnings:
+        parts.append(f"- warning: {warning}")
+    for role, item in plan.items():
+        body = json.dumps(redact(item["body"]), indent=2)
+        parts += ["", f"## {role}: {item['kind']} `{item['id']}`", "```json", body, "```"]
+    return "\n".join(parts)

@@ -128,3 +128,36 @@ def summarize(service: dict, revision: dict) -> dict:
     }
     summary["findings"] = findings(summary)
     return summary
+
+
+def summary_markdown(summary: dict, api: str) -> str:
+    lines = [
+        f"# Live revision of `{summary['service']}`",
+        f"Read from: {api}, at {summary['captured_at']}.",
+        "",
+        "| field | value |", "|---|---|",
+        *(f"| {k} | `{summary[k]}` |" for k in (
+            "revision", "image", "execution_environment", "service_account", "cpu", "memory",
+            "concurrency", "timeout")),
+        f"| scaling | min {summary['scaling']['min_instances']}, max {summary['scaling']['max_instances']} |",
+        f"| env names ({len(summary['env_names'])}) | {', '.join(summary['env_names'])} |",
+        f"| secret references | {', '.join(s['name'] for s in summary['secret_env']) or 'none'} |",
+        "",
+        "## Traffic",
+        *(f"- {t['percent']}% → `{t['revision']}`" + (f" (tag `{t['tag']}`)" if t["tag"] else "")
+          for t in summary["traffic"]),
+        "",
+        "## Findings",
+        *(f"- **{f['severity']}** `{f['code']}` {f['message']} Fix: {f['fix']}" for f in summary["findings"]),
+    ]
+    if not summary["findings"]:
+        lines.append("- none")
+    return "\n".join(lines)
+
+
+def env_kind(name: str, summary: dict) -> str:
+    if any(s["name"] == name for s in summary["secret_env"]):
+        return "secret reference"
+    if name in summary["plaintext_secret_suspects"]:
+        return "plaintext, looks like a secret"
+    return "plaintext"

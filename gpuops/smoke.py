@@ -161,3 +161,41 @@ def comparison_table(gpu_latencies: list[float], cpu_latencies: list[float]) -> 
 def auth_refusal(records: list[dict]) -> str | None:
     """The first request refused for want of a credential, as the probe explained it (which one, which flag)."""
     return next((r["refused"] for r in records if r.get("refused")), None)
+
+
+# --- the report ------------------------------------------------------------------------
+
+
+def report_markdown(result: dict) -> str:
+    verdict = "PASSED" if result["passed"] else f"FAILED ({', '.join(result['failed'])})"
+    lines = [f"# GPU smoke test of `{result['gpu_service']}`: {verdict}", "",
+             f"**{result['gpu_label']}**", "", f"API: {result['api']}", "",
+             f"Credentials the probes sent: {result.get('credentials_sent', 'none')}", "",
+             f"GPU job: `{result['gpu_job']}`, "
+             f"execution `{result['execution']}`; GPU service URL: {result['gpu_uri']}", "",
+             "| check | result | detail | figures |", "|---|---|---|---|"]
+    for c in result["checks"]:
+        figure = json.dumps(c["figure"], sort_keys=True) if c["figure"] is not None else ""
+        mark = "pass" if c["passed"] else "**FAIL**"
+        lines.append(f"| {c['check']} | {mark} | {_cell(c['detail'])} | `{figure}` |")
+    lines += ["", "## CPU vs GPU (measured)", "", "| side | requests | median ms | p95 ms | speedup |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {r['side']} | {r['requests']} | {r['median_ms']} | {r['p95_ms']} | {r['speedup_vs_cpu']} |"
+              for r in result["comparison"]]
+    lines.append("")
+    lines.append(result["comparison_note"])
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    # An error body may hold pipes or newlines; either would break the table's row.
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def comparison_note(on_emulator: bool, baseline_uri: str | None, service: str) -> str:
+    if not baseline_uri:
+        return f"No CPU baseline: service `{service}` has no URL."
+    note = f"Same generation request, sent sequentially to `{service}` (CPU) and the GPU service."
+    if on_emulator:
+        note += " On the emulator both are local processes on one host: the speedup says nothing about a GPU."
+    return note

@@ -84,3 +84,14 @@ def test_plaintext_secret_is_carried_with_a_finding_or_refused_on_request():
     assert violations == [] and findings[0]["subject"] == "API_KEY"
     violations, findings = job_plan.secret_findings(["API_KEY"], require_refs=True)
     assert violations[0].rule == "secret-refs-required" and findings == []
+
+
+def test_the_dry_run_shows_each_body_redacted_and_foreign_resources_are_named():
+    plan = planned()
+    text = job_plan.dry_run_markdown(plan, ["max instances 1"], "emulator")
+    assert text.startswith("# create-jobs dry run (nothing changed)") and "- warning: max instances 1" in text
+    assert "## gpu_job: job `svc-gpu-job`" in text and "test123" not in text and job_plan.REDACTED in text
+    ours = {"labels": dict([job_plan.MANAGED_BY])}
+    current = {"cpu_job": None, "gpu_job": ours, "gpu_service": {"labels": {"team": "ml"}}}
+    [refusal] = job_plan.foreign(plan, current)
+    assert (refusal.rule, refusal.field) == ("foreign-resource", "gpu_service") and "svc-gpu" in refusal.message

@@ -50,3 +50,14 @@ def test_a_latest_revision_without_traffic_is_named():
     codes = {f["code"]: f for f in summarize(pinned, REVISION)["findings"]}
     assert "svc-00001-abc" in codes["latest-not-serving"]["message"]
     assert "latest-not-serving" not in {f["code"] for f in summarize(SERVICE, REVISION)["findings"]}
+
+
+def test_the_describe_report_lists_names_findings_and_traffic_without_a_value():
+    from gpuops.revision import env_kind, summary_markdown
+
+    summary = {**summarize(SERVICE, REVISION), "captured_at": "2026-11-23T10:00:00Z"}
+    text = summary_markdown(summary, "emulator")
+    assert "| revision | `svc-00002-xyz` |" in text and "- 90% → `svc-00002-xyz`" in text
+    assert "DB_PASSWORD" in text and "ghp_secretvalue" not in text and "## Findings" in text
+    assert [env_kind(n, summary) for n in ("GITHUB_TOKEN", "DB_PASSWORD", "MODE")] == [
+        "plaintext, looks like a secret", "secret reference", "plaintext"]

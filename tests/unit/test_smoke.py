@@ -116,3 +116,18 @@ def test_comparison_table_without_a_baseline_has_the_gpu_row_only():
     assert comparison_table([10.0], []) == [{"side": "GPU", "requests": 1, "median_ms": 10.0, "p95_ms": 10.0,
                                              "speedup_vs_cpu": None, "how": "measured: 1 sequential requests"}]
     assert comparison_table([], [5.0])[0]["median_ms"] is None
+
+
+def test_the_report_shows_every_check_and_the_measured_comparison_and_escapes_pipes():
+    from gpuops.smoke import comparison_note, report_markdown
+
+    judged = judge_smoke(SUCCEEDED, PASS, [ok()], [ok(), err()])
+    result = {**judged, "gpu_service": "svc-gpu", "api": "emulator", "gpu_job": "svc-gpu-job", "execution": "e-1",
+              "gpu_uri": "http://gpu", "comparison": comparison_table([10.0, 12.0], [30.0, 36.0]),
+              "comparison_note": comparison_note(True, "http://cpu", "svc")}
+    result["checks"][0] = {**result["checks"][0], "detail": "a | b\nc"}
+    text = report_markdown(result)
+    assert text.startswith("# GPU smoke test of `svc-gpu`: FAILED (generation)")
+    assert "a \\| b c" in text and "| GPU | 2 |" in text and "| CPU | 2 |" in text
+    assert "says nothing about a GPU" in text
+    assert comparison_note(False, None, "svc") == "No CPU baseline: service `svc` has no URL."
