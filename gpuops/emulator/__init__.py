@@ -1,6 +1,6 @@
 """Local emulators gpuops tests and demos run against (labelled as emulators wherever seen)."""
 
-from .cloudrun import EMULATOR_LABEL, CloudRunState, Fault, LoggedRequest
+from .cloudrun_state import EMULATOR_LABEL, CloudRunState, Fault, LoggedRequest
 from .cloudrun_common import ApiError
 from .cloudrun_jobs import ExecutionRunner, InstantSuccessRunner, RunsUntilCancelled
 from .cloudrun_server import CloudRunEmulator, main, serve

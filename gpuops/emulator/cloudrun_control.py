@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from .cloudrun import CloudRunState
+from .cloudrun_state import CloudRunState
 from .cloudrun_common import ApiError, check_json_int, check_json_type, invalid
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import uvicorn
 
-from .cloudrun import (
+from .cloudrun_state import (
     EMULATOR_LABEL,
     CloudRunState,
     Fault,

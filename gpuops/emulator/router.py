@@ -11,9 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from .cloudrun import EMULATOR_LABEL, CloudRunState
+from .cloudrun_state import EMULATOR_LABEL, CloudRunState
 from .cloudrun_common import Name
-from .monitoring import Served
+from .monitoring_api import Served
 from .serving import EXITED, FAILED_TO_START, NOT_STARTED, READY, STARTING
 
 REVISION_HEADER = "X-Gpuops-Revision"

@@ -5,7 +5,7 @@ import pytest
 from google.api_core import exceptions as gexc
 
 from gpuops import monitoring
-from gpuops.emulator.monitoring import Served
+from gpuops.emulator.monitoring_api import Served
 from gpuops.monitoring import CloudMonitoringRequests
 from gpuops.traffic import Gates, judge
 

@@ -15,7 +15,7 @@ from google.api_core.future import polling
 from google.cloud import run_v2
 
 from gpuops.emulator import EMULATOR_LABEL, CloudRunState, RunsUntilCancelled
-from gpuops.emulator.cloudrun import emulated_uri
+from gpuops.emulator.cloudrun_state import emulated_uri
 
 PARENT = "projects/demo/locations/us-central1"
 LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST

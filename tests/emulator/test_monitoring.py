@@ -6,7 +6,7 @@ import pytest
 
 from gpuops.rollout import cloud_run_traffic
 from gpuops import cloudrun
-from gpuops.emulator.monitoring import MONITORING_LABEL, rfc3339
+from gpuops.emulator.monitoring_api import MONITORING_LABEL, rfc3339
 
 P, R, S = "nca-toolkit-438301", "us-central1", "no-code-architects-toolkit"
 NAME = cloudrun.service_name(P, R, S)

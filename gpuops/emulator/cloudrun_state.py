@@ -15,7 +15,7 @@ from .cloudrun_common import Name, check_json_type, invalid, parse_body, to_json
 from .cloudrun_faults import FAULT_MODES, Fault, FaultBook, LoggedRequest, race_target, raced_document
 from .cloudrun_jobs import ExecutionRunner, InstantSuccessRunner, JobStore
 from .cloudrun_ops import OperationStore
-from .monitoring import ServedRequests
+from .monitoring_api import ServedRequests
 from .cloudrun_services import ServiceStore
 from .cloudrun_store import Context, UriFn
 from .serving import RevisionProcesses
