@@ -26,6 +26,7 @@ demo: sync
 bench: sync
 	$(VENV)/bin/python benchmarks/describe_create_jobs.py
 	$(VENV)/bin/python benchmarks/canary_rollback_time.py
+	$(VENV)/bin/python benchmarks/cli_startup.py
 
 clean:
 	rm -rf $(VENV) .uv-bootstrap .gpuops
