@@ -43,7 +43,7 @@ def run_flows() -> None:
 
 
 def run_bare() -> None:
-    from blocks.cloud_run import GpuProfile
+    from blocks.cloud_run_blocks import GpuProfile
     from gpuops import cloudrun, gpu_rules, job_plan, revision
 
     cr = cloudrun.connect()

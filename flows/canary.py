@@ -5,7 +5,7 @@ from typing import Optional
 
 from prefect import flow, runtime
 
-from blocks.cloud_run import CloudRunTarget, GpuProfile
+from blocks.cloud_run_blocks import CloudRunTarget, GpuProfile
 from flows.common import Target, connect, notify, resolve_target, where
 from gpuops import cloudrun, gpu_rules, params, probe_auth
 from gpuops.errors import CheckFailed

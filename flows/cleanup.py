@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.input import RunInput
 from pydantic import Field
 
-from blocks.cloud_run import CloudRunTarget
+from blocks.cloud_run_blocks import CloudRunTarget
 from flows.common import Target, connect, resolve_target, where
 from gpuops import approvals, cleanup_plan, cloudrun
 from gpuops.errors import BadInput

@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from blocks.cloud_run import CloudRunTarget, GpuProfile
+from blocks.cloud_run_blocks import CloudRunTarget, GpuProfile
 from flows.common import Target, connect, resolve_target, where
 from flows.describe_revision import describe_revision
 from gpuops import cloudrun, gpu_rules, job_plan, params, state

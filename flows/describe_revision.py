@@ -7,7 +7,7 @@ from typing import Optional
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.cloud_run import CloudRunTarget
+from blocks.cloud_run_blocks import CloudRunTarget
 from flows.common import Target, connect, resolve_target, where
 from gpuops import cloudrun, revision, state
 from gpuops.errors import BadInput

@@ -6,7 +6,7 @@ from typing import Callable, Optional
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from blocks.cloud_run import CloudRunTarget, GpuProfile
+from blocks.cloud_run_blocks import CloudRunTarget, GpuProfile
 from flows.canary import canary_shift
 from flows.common import connect, resolve_target, where
 from flows.create_jobs import create_jobs

@@ -7,7 +7,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from blocks.cloud_run import CloudRunTarget
+from blocks.cloud_run_blocks import CloudRunTarget
 from flows.common import Target, connect, notify, resolve_target, where
 from gpuops import cloudrun, job_plan, params, revision, state
 from gpuops.errors import BadInput

@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from blocks.cloud_run import CloudRunTarget
+from blocks.cloud_run_blocks import CloudRunTarget
 from flows.common import connect, resolve_target, where
 from gpuops import cloudrun, job_run, params, state
 from gpuops.errors import BadInput, CheckFailed

@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from blocks.cloud_run import CloudRunTarget
+from blocks.cloud_run_blocks import CloudRunTarget
 from flows.common import Target, connect, resolve_target, where
 from gpuops import cloudrun, job_plan, params, probe_auth, smoke, state
 from gpuops.errors import BadInput, CheckFailed

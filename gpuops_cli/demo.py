@@ -86,7 +86,7 @@ def run_describe() -> dict:
 
 
 def run_create_jobs() -> dict:
-    from blocks.cloud_run import GpuProfile
+    from blocks.cloud_run_blocks import GpuProfile
     from flows.create_jobs import create_jobs
     from gpuops.errors import CheckFailed
 

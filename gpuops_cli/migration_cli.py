@@ -31,7 +31,7 @@ def check_target(args) -> None:
 
 
 def gpu_profile(args):
-    from blocks.cloud_run import GpuProfile
+    from blocks.cloud_run_blocks import GpuProfile
     from gpuops import params
 
     given = {"gpu_type": args.gpu_type, "cpu": args.cpu, "memory": args.memory,

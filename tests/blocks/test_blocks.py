@@ -2,7 +2,7 @@
 import pytest
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
-from blocks.cloud_run import CloudRunTarget, GpuProfile
+from blocks.cloud_run_blocks import CloudRunTarget, GpuProfile
 from gpuops.gpu_rules import check
 
 
@@ -40,18 +40,18 @@ def test_profile_spec_carries_what_the_rules_judge():
 
 
 
-# The credentials field is typed lazily so that importing blocks.cloud_run does not import
+# The credentials field is typed lazily so that importing blocks.cloud_run_blocks does not import
 # prefect_gcp (1.5 s); what Prefect, its UI and its API see must be what a field typed
 # `Optional[GcpCredentials]` gave.
 
 def test_stored_gcp_credentials_schema_is_the_installed_prefect_gcp_one():
     from prefect_gcp import GcpCredentials
 
-    from blocks.cloud_run import gcp_credentials_schema
+    from blocks.cloud_run_blocks import gcp_credentials_schema
 
     assert gcp_credentials_schema() == GcpCredentials.model_json_schema(), (
         "prefect-gcp changed GcpCredentials' schema: regenerate blocks/gcp_credentials.schema.json "
-        "with `python -m blocks.cloud_run --write-gcp-credentials-schema`")
+        "with `python -m blocks.cloud_run_blocks --write-gcp-credentials-schema`")
 
 
 def test_target_schema_references_gcp_credentials_as_a_nested_block():

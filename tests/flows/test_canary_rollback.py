@@ -117,7 +117,7 @@ def test_a_killed_canary_resumes_where_it_was_without_redeploying(cr, emu, prefe
 
 def test_a_canary_recorded_by_the_previous_gpuops_resumes(cr, emu):
     """The annotation as gpuops wrote it before the rollout engine (a literal, not today's code)."""
-    from blocks.cloud_run import GpuProfile
+    from blocks.cloud_run_blocks import GpuProfile
     from gpuops.rollout.cloud_run import CloudRunBackend
 
     stable = stable_of(cr)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from blocks.cloud_run import GpuProfile
+from blocks.cloud_run_blocks import GpuProfile
 from flows.create_jobs import create_jobs
 from flows.describe_revision import describe_revision
 from gpuops import cloudrun, job_plan

@@ -19,7 +19,7 @@ def imported_after(statements: str, watched: tuple[str, ...]) -> list[str]:
 def test_cloud_run_blocks_do_not_import_prefect_gcp():
     # prefect_gcp's package imports BigQuery, Storage, Secret Manager and Vertex AI (1.5 s); it is
     # needed only when a target holds credentials or is registered.
-    assert imported_after("import blocks.cloud_run", ("prefect_gcp",)) == []
+    assert imported_after("import blocks.cloud_run_blocks", ("prefect_gcp",)) == []
 
 
 def test_describe_flow_imports_neither_prefect_gcp_nor_run_v2_until_it_runs():

@@ -3,7 +3,7 @@ import json
 
 from google.cloud import run_v2
 
-from blocks.cloud_run import GpuProfile
+from blocks.cloud_run_blocks import GpuProfile
 from gpuops import job_plan
 from gpuops.cloudrun import from_dict
 from gpuops.gpu_rules import check

@@ -1,7 +1,7 @@
 """Each parameter's rule: bad input is refused naming the field, the flag and the fix."""
 import pytest
 
-from blocks.cloud_run import GpuProfile
+from blocks.cloud_run_blocks import GpuProfile
 from gpuops import params
 from gpuops.errors import BadInput
 

@@ -88,7 +88,7 @@ class CloudRunTarget(Block):
     _documentation_url = "https://cloud.google.com/run/docs/reference/rest"
     _code_example = """
     ```python
-    from blocks.cloud_run import CloudRunTarget
+    from blocks.cloud_run_blocks import CloudRunTarget
 
     target = CloudRunTarget.load("BLOCK_NAME")
     ```
@@ -142,7 +142,7 @@ class GpuProfile(Block):
     _documentation_url = "https://cloud.google.com/run/docs/configuring/services/gpu"
     _code_example = """
     ```python
-    from blocks.cloud_run import GpuProfile
+    from blocks.cloud_run_blocks import GpuProfile
 
     profile = GpuProfile.load("BLOCK_NAME")
     ```
