@@ -20,8 +20,9 @@ sync: $(VENV)/.synced
 test: sync
 	$(VENV)/bin/pytest -q
 
+# `make demo KEEP=1` keeps the Prefect server (and the emulator) up for the UI link it prints, until Ctrl-C.
 demo: sync
-	$(VENV)/bin/python -m gpuops_cli.demo
+	$(VENV)/bin/python -m gpuops_cli.demo $(if $(filter 1 yes true,$(KEEP)),--keep)
 
 bench: sync
 	$(VENV)/bin/python benchmarks/describe_create_jobs.py

@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -202,14 +203,21 @@ def report(prefect: PrefectServer, summary: dict) -> None:
     say(f"   Server log:     {prefect.home / 'server.log'}")
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpuops-demo", description=__doc__)
     parser.add_argument("--workdir", default=".gpuops/demo", help="where the demo keeps its Prefect DB and state")
-    parser.add_argument("--keep", action="store_true", help="keep the stack running until Ctrl-C")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the stack running until Ctrl-C, for the Prefect UI (`make demo KEEP=1`)")
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     workdir = Path(args.workdir).resolve()
+    # A kill (not only Ctrl-C) still stops the stack: the server runs in its own process group.
+    signal.signal(signal.SIGTERM, _interrupt)
     prefect, emulator = start_stack(workdir)
     try:
         summary = run_describe()
@@ -221,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         report(prefect, summary)
         say("\nDemo finished: every step did what it says.")
         if args.keep:
-            say("Stack kept running; Ctrl-C to stop.")
+            say(f"Stack kept running: the Prefect UI is at {prefect.ui_url}; Ctrl-C stops it.")
             while True:
                 time.sleep(3600)
+        say("The Prefect server stops with the demo: `make demo KEEP=1` keeps it up for the UI (Ctrl-C stops it).")
         return 0
     except DemoFailed as exc:
         say(f"\nDEMO FAILED: {exc}")
@@ -236,8 +245,10 @@ def main(argv: list[str] | None = None) -> int:
                 for handler in logging.getLogger(name).handlers:
                     handler.flush()
         finally:  # whatever happened, leave no server or workload process behind
+            say(f"\nStopping the Prefect server ({prefect.ui_url}) and the Cloud Run emulator ({emulator.url}).")
             emulator.stop()
             prefect.stop()
+            say("Stopped the Prefect server and the emulator.")
 
 
 if __name__ == "__main__":
