@@ -128,6 +128,16 @@ def gpu_cloud_run(fresh_workload_emulator, monkeypatch, tmp_path):
 
 
 @pytest.fixture
+def key_file(gpu_cloud_run, tmp_path, monkeypatch):
+    """A service-account key file from the emulator as GOOGLE_APPLICATION_CREDENTIALS: google-auth's own
+    ID-token flow then gets tokens the emulator signed and checks."""
+    path = tmp_path / "prober-key.json"
+    path.write_text(json.dumps(gpu_cloud_run.service_account_key()))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    return path
+
+
+@pytest.fixture
 def artifact_text(prefect_api):
     """Read every artifact with a key from the Prefect server, as one JSON text to search."""
     from prefect.client.orchestration import get_client

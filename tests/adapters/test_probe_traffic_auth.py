@@ -1,5 +1,4 @@
 """Probe traffic to a protected tag URL on the emulator: refused without credentials (and says which), passes with them."""
-import json
 
 import pytest
 
@@ -15,15 +14,12 @@ TAG = "gpu-canary"
 
 
 @pytest.fixture
-def tag_url(gpu_cloud_run, tmp_path, monkeypatch) -> str:
+def tag_url(gpu_cloud_run, key_file, monkeypatch) -> str:
     """The seeded service's revision under a tag, its URLs requiring an ID token and an API key."""
     cr = cloudrun.connect(gpu_cloud_run.url)
     revision = cloudrun.short(cloudrun.get_service(cr, NAME)["latestReadyRevision"])
     split = [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": revision, "percent": 100, "tag": TAG}]
     service = cloudrun.update_traffic(cr, NAME, lambda _service: cloudrun.TrafficChange(split))
-    key_file = tmp_path / "prober-key.json"
-    key_file.write_text(json.dumps(gpu_cloud_run.service_account_key()))
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
     monkeypatch.setenv("CANARY_API_KEY", "planted-canary-key")
     gpu_cloud_run.require_auth(NAME, id_token=True, header="X-API-Key", value="planted-canary-key")
     return next(t["uri"] for t in service["trafficStatuses"] if t.get("tag") == TAG)

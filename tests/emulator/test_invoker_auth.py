@@ -1,6 +1,6 @@
 """Invoker authentication on the emulator's service URLs, with google-auth's real service-account ID-token flow."""
-import json
 
+import json
 import httpx
 import pytest
 
@@ -8,15 +8,6 @@ from gpuops import cloudrun
 
 P, R, S = "nca-toolkit-438301", "us-central1", "no-code-architects-toolkit"
 NAME = cloudrun.service_name(P, R, S)
-
-
-@pytest.fixture
-def key_file(gpu_cloud_run, tmp_path, monkeypatch):
-    """A service-account key file from the emulator, as GOOGLE_APPLICATION_CREDENTIALS."""
-    path = tmp_path / "prober-key.json"
-    path.write_text(json.dumps(gpu_cloud_run.service_account_key()))
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
-    return path
 
 
 def service_url(emu) -> str:

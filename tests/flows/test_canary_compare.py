@@ -38,15 +38,10 @@ def test_without_the_comparison_the_same_slow_candidate_is_promoted_on_fixed_lim
 
 
 def test_a_canary_of_a_service_requiring_an_id_token_fails_closed_without_one_and_passes_with_it(
-        cr, gpu_cloud_run, tmp_path, monkeypatch):
-    import json
-
+        cr, gpu_cloud_run, key_file):
     from canary_helpers import NAME
 
     gpu_cloud_run.require_auth(NAME, id_token=True)  # the tag URLs too
-    key = tmp_path / "prober-key.json"
-    key.write_text(json.dumps(gpu_cloud_run.service_account_key()))
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
     stable = stable_of(cr)
 
     with pytest.raises(CheckFailed) as failed:

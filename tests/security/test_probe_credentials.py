@@ -35,15 +35,6 @@ def planted() -> str:
     return f"planted-{uuid.uuid4()}"
 
 
-@pytest.fixture
-def key_file(emu, tmp_path, monkeypatch):
-    """A service-account key file from the emulator as GOOGLE_APPLICATION_CREDENTIALS (google-auth's own flow)."""
-    path = tmp_path / "prober-key.json"
-    path.write_text(json.dumps(emu.service_account_key()))
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
-    return path
-
-
 def by_name(checks: list[dict]) -> dict:
     return {c["check"]: c for c in checks}
 
