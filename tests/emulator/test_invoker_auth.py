@@ -1,6 +1,7 @@
 """Invoker authentication on the emulator's service URLs, with google-auth's real service-account ID-token flow."""
 
 import json
+
 import httpx
 import pytest
 
