@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -94,6 +95,8 @@ def main() -> int:
     args = parser.parse_args()
     trees = [t.resolve() for t in (args.tree or [ROOT])]
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A stopped benchmark still stops its Prefect server (the with-blocks below run on SystemExit).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.path.insert(0, str(ROOT))
     from gpuops.emulator import CloudRunEmulator
     from gpuops.stack import PrefectServer
