@@ -1,7 +1,7 @@
 """What the GPU migration left behind on Cloud Run, and which of it may be deleted (runbook phase 8-A)."""
 from __future__ import annotations
 
-from gpuops.rollout import cloud_run_traffic
+from gpuops import cloud_run_traffic
 
 OWN_TAGS = (cloud_run_traffic.CANARY_TAG, cloud_run_traffic.STABLE_TAG)
 KIND_ORDER = ("tag", "revision", "service", "job")  # tags first: they are plain traffic edits

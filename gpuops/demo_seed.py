@@ -34,7 +34,7 @@ def release(project: str, region: str, service: str, bad: bool, latency_ms: int 
     answers correctly, only later, which only the comparison with stable catches.
     """
     from gpuops import cloudrun, job_plan
-    from gpuops.rollout import cloud_run_traffic
+    from gpuops import cloud_run_traffic
 
     cr = cloudrun.connect()
     name = cloudrun.service_name(project, region, service)

@@ -152,7 +152,7 @@ def run_failing_canary() -> None:
 
 def serving_stable() -> bool:
     from gpuops import cloudrun
-    from gpuops.rollout import cloud_run_traffic
+    from gpuops import cloud_run_traffic
 
     service = cloudrun.get_service(cloudrun.connect(), cloudrun.service_name(PROJECT, REGION, SERVICE))
     state = cloud_run_traffic.state_of(service)

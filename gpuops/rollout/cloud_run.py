@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 from gpuops import cloudrun, job_plan, state as records
 from gpuops.errors import BadInput, CheckFailed
-from gpuops.rollout import cloud_run_traffic as fmt
+from gpuops import cloud_run_traffic as fmt
 from gpuops.rollout.backend import Live, Urls
 from gpuops.traffic import ROLLED_BACK, CanaryState
 

@@ -4,8 +4,7 @@ import time
 import httpx
 import pytest
 
-from gpuops.rollout import cloud_run_traffic
-from gpuops import cloudrun
+from gpuops import cloud_run_traffic, cloudrun
 from gpuops.emulator.monitoring_api import MONITORING_LABEL, rfc3339
 
 P, R, S = "nca-toolkit-438301", "us-central1", "no-code-architects-toolkit"

@@ -1,6 +1,5 @@
 """What the canary tests share: the runbook's service, fast windows, and how to read its traffic."""
-from gpuops.rollout import cloud_run_traffic
-from gpuops import cloudrun
+from gpuops import cloud_run_traffic, cloudrun
 from gpuops.demo_seed import release
 
 P, R, S = "nca-toolkit-438301", "us-central1", "no-code-architects-toolkit"

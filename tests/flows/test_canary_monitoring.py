@@ -2,8 +2,7 @@
 import pytest
 
 from flows.canary import canary_shift
-from gpuops.rollout import cloud_run_traffic
-from gpuops import cloudrun
+from gpuops import cloud_run_traffic, cloudrun
 from gpuops.errors import BadInput, CheckFailed
 
 from canary_helpers import (FAST, NAME, P, R, S, assert_rolled_back_at_first_step, break_next_revision, split_of,

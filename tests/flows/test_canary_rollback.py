@@ -11,8 +11,7 @@ import pytest
 
 from flows.canary import canary_shift
 from flows.rollback import rollback
-from gpuops.rollout import cloud_run_traffic
-from gpuops import cloudrun, traffic
+from gpuops import cloud_run_traffic, cloudrun, traffic
 from gpuops.errors import BadInput, CheckFailed
 
 from approvals import answer, paused_run

@@ -1,6 +1,5 @@
 """The cleanup planner: what the migration left, what may go, and why the rest stays."""
-from gpuops.rollout import cloud_run_traffic
-from gpuops import cleanup_plan, traffic
+from gpuops import cleanup_plan, cloud_run_traffic, traffic
 
 LOC = "projects/p/locations/us-central1"
 SVC = f"{LOC}/services/app"

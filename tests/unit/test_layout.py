@@ -13,11 +13,12 @@ ROOT = Path(__file__).resolve().parents[2]
 MAY_IMPORT: dict[str, set[str]] = {
     "gpuops": {"gpuops"},                                  # the library: planners, adapters
     "gpuops.emulator": {"gpuops", "gpuops.emulator"},      # local stand-ins, on top of the library
+    "gpuops.rollout": {"gpuops", "gpuops.rollout"},        # the canary engine and backends, on the library
     "blocks": {"gpuops", "blocks"},                        # Prefect Block classes
-    "flows": {"gpuops", "blocks", "flows"},                # Prefect flows and tasks
-    "gpuops_cli": {"gpuops", "gpuops.emulator", "blocks", "flows", "gpuops_cli"},  # entry points
+    "flows": {"gpuops", "gpuops.rollout", "blocks", "flows"},  # Prefect flows and tasks
+    "gpuops_cli": {"gpuops", "gpuops.emulator", "gpuops.rollout", "blocks", "flows", "gpuops_cli"},  # entry points
     "deployments": {"gpuops", "blocks", "flows", "deployments"},
-    "benchmarks": {"gpuops", "gpuops.emulator", "blocks", "flows", "gpuops_cli", "benchmarks"},
+    "benchmarks": {"gpuops", "gpuops.emulator", "gpuops.rollout", "blocks", "flows", "gpuops_cli", "benchmarks"},
 }
 # Known to the checker so that importing them is caught; nothing outside tests may import tests.
 OTHER_PROJECT_PACKAGES = {"tests"}
@@ -93,10 +94,13 @@ def test_the_check_names_the_file_and_the_import():
         "blocks/example.py:1 imports gpuops_cli.cli: blocks may import only blocks, gpuops"]
     # Relative imports resolve to their package; the library may not depend on the emulator.
     assert violations("gpuops/rollout/example.py", "from ..emulator import router\n") == [
-        "gpuops/rollout/example.py:1 imports gpuops.emulator.router: gpuops may import only gpuops"]
+        "gpuops/rollout/example.py:1 imports gpuops.emulator.router: gpuops.rollout may import only gpuops, "
+        "gpuops.rollout"]
+    assert violations("gpuops/cleanup_plan.py", "from gpuops.rollout import engine\n") == [
+        "gpuops/cleanup_plan.py:1 imports gpuops.rollout.engine: gpuops may import only gpuops"]
     assert violations("gpuops/emulator/example.py", "from . import router\nfrom gpuops import retry\n") == []
     assert violations("flows/example.py", "importlib.import_module('gpuops_cli.cli')\n") == [
-        "flows/example.py:1 imports gpuops_cli.cli: flows may import only blocks, flows, gpuops"]
+        "flows/example.py:1 imports gpuops_cli.cli: flows may import only blocks, flows, gpuops, gpuops.rollout"]
 
 
 def test_every_top_level_python_folder_has_a_layer():

@@ -1,8 +1,7 @@
 """The canary state machine, splits and gates, on plain data."""
 import pytest
 
-from gpuops.rollout import cloud_run_traffic
-from gpuops import traffic
+from gpuops import cloud_run_traffic, traffic
 from gpuops.traffic import CanaryState, Gates, Window
 
 GATES = Gates(max_error_rate=0.05, max_p95_ms=1000, min_requests=10)
