@@ -12,7 +12,7 @@ $(UV):
 	.uv-bootstrap/bin/pip install --quiet uv
 
 $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	touch $@
 
 sync: $(VENV)/.synced

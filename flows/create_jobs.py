@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-from google.cloud import run_v2
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -15,7 +14,6 @@ from gpuops import cloudrun, gpu_rules, job_plan, params, state
 from gpuops.dicts import is_subset
 from gpuops.errors import BadInput, CheckFailed
 
-_TYPES = {"job": run_v2.Job, "service": run_v2.Service}
 _GET = {"job": cloudrun.get_job, "service": cloudrun.get_service}
 _CREATE = {"job": cloudrun.create_job, "service": cloudrun.create_service}
 _UPDATE = {"job": cloudrun.update_job, "service": cloudrun.update_service}
@@ -50,13 +48,19 @@ def read_current(cr: cloudrun.CloudRun, target: Target, plan: dict) -> dict[str,
     return {role: _GET[item["kind"]](cr, full_name(target, item)) for role, item in plan.items()}
 
 
+def _message_type(kind: str):
+    from google.cloud import run_v2  # only when a body is compared: importing it costs every command
+
+    return {"job": run_v2.Job, "service": run_v2.Service}[kind]
+
+
 @task(name="apply-resource", cache_policy=NO_CACHE, persist_result=False)
 def apply_resource(cr: cloudrun.CloudRun, target: Target, item: dict, current: dict | None) -> dict:
     """Create, update (with the etag read) or leave alone: running it twice changes nothing the second time."""
     kind, name, body = item["kind"], full_name(target, item), item["body"]
     if current is None:
         action, result = "created", _CREATE[kind](cr, name, body)
-    elif is_subset(cloudrun.normalized(_TYPES[kind], body), current):
+    elif is_subset(cloudrun.normalized(_message_type(kind), body), current):
         action, result = "unchanged", current
     else:
         action, result = "updated", _UPDATE[kind](cr, name, body, etag=current.get("etag"))

@@ -150,12 +150,13 @@ def migrate_to_gpu(
     if seconds is not None:
         costs["measured"] = cost.measured(profile.gpu_type, seconds)
     job_times = measured_jobs.get("rows")
+    windows = (results.get("canary") or {}).get("history")
     create_markdown_artifact(key=f"migration-{where_to.service}",
                              markdown=migration_report.checklist_markdown(
-                                 where_to.service, where(cr), rows, costs, serving, job_times,
-                                 (results.get("canary") or {}).get("history")))
+                                 where_to.service, where(cr), rows, costs, serving, job_times, windows))
     result = {"service": where_to.service, "api": where(cr), "phases": rows, "serving": serving, "cost": costs,
-              **({"job_times": job_times} if job_times else {})}
+              **({"job_times": job_times} if job_times else {}),
+              **({"canary_windows": windows} if windows else {})}
     still = ", ".join(f"{t['revision']} {t['percent']}%" for t in serving if t["percent"])
     if crash is not None:
         crashed = next(r for r in rows if r["status"] == "could not run")

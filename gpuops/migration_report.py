@@ -44,12 +44,12 @@ def checklist_markdown(service: str, api: str, rows: list[dict], costs: dict, se
     if job_times:
         lines += ["", *job_run.job_time_markdown(job_times, emulated="emulator" in api)]
     if canary_windows and any("stable_requests" in w for w in canary_windows):
-        lines += ["", *response_time_markdown(canary_windows)]
+        lines += ["", *response_time_markdown(canary_windows, emulated="emulator" in api)]
     lines += _cost_lines(costs, api)
     return "\n".join(lines)
 
 
-def response_time_markdown(windows: list[dict]) -> list[str]:
+def response_time_markdown(windows: list[dict], emulated: bool = False) -> list[str]:
     """Runbook 6-B's response-time row, measured: each canary window sent the same requests to the GPU
     candidate and to the CPU stable revision, interleaved."""
     def cell(value) -> str:
@@ -60,7 +60,9 @@ def response_time_markdown(windows: list[dict]) -> list[str]:
             f"{cell(w.get('p_value'))} | {w['verdict']} |" for w in windows]
     return ["## 6-B レスポンス時間 / response time: GPU candidate vs CPU stable, per canary window (measured)",
             "| step | GPU share | GPU requests | GPU p95 ms | CPU requests | CPU p95 ms | GPU/CPU median | "
-            "p-value | verdict |", "|---|---|---|---|---|---|---|---|---|", *rows]
+            "p-value | verdict |", "|---|---|---|---|---|---|---|---|---|", *rows,
+            *(["", "On the emulator both revisions are local processes on one host: these figures say nothing "
+                   "about a GPU."] if emulated else [])]
 
 
 def _cost_lines(costs: dict, api: str) -> list[str]:

@@ -172,6 +172,13 @@ def run_migration() -> dict:
     for row in result.get("job_times", []):  # runbook 6-B: CPU Job実行時間 / GPU Job実行時間, measured
         figure = f"x{row['speedup']}" if "speedup" in row else f"{row['measured_s']} s"
         say(f"   6-B {row['ja']}: {figure}" + (f"  (execution {row['execution']})" if row["execution"] else ""))
+    if result.get("canary_windows"):
+        say("   6-B response time, measured in each canary window with the same requests to both "
+            "(on the emulator both are local processes: not a GPU measure):")
+    for w in result.get("canary_windows", []):  # runbook 6-B response time, GPU beside CPU in the same window
+        say(f"   6-B response time at {w['percent']}% GPU: GPU p95 {w['p95_ms']} ms vs CPU p95 "
+            f"{w.get('stable_p95_ms')} ms over {w['requests']} requests each (GPU/CPU median x{w.get('median_ratio')}, "
+            f"p={w.get('p_value')}) -> {w['verdict']}")
     est = result["cost"]["estimate"]
     say(f"   cost ESTIMATE from stated inputs (100 job h + 50 service h a month): ${est['usd_per_month']}/month "
         f"at ${est['rate']['total']}/h ({est['price_source']})")

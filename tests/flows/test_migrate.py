@@ -27,6 +27,9 @@ def test_a_healthy_migration_ends_on_the_gpu_revision_with_a_checklist_and_costs
     assert result["cost"]["measured"]["gpu_seconds"] >= 0
     checklist = artifact_text(f"migration-{S}")
     assert "GPU candidate vs CPU stable, per canary window" in checklist  # 6-B response time, measured
+    windows = result["canary_windows"]
+    assert [w["percent"] for w in windows] == [20, 80, 100]
+    assert all(w["stable_requests"] == w["requests"] and w["p_value"] is not None for w in windows)
 
 
 def test_a_failing_smoke_test_stops_before_the_canary_and_stable_keeps_serving(emu):

@@ -47,5 +47,7 @@ def test_the_checklist_shows_each_canary_window_gpu_beside_cpu():
     costs = {"estimate": {"price_source": "p", "inputs": {}, "usd_per_month": 1, "rate": {"total": 1, "gpu": 1,
                                                                                         "instance": 0}}}
     text = migration_report.checklist_markdown("svc", "api", [], costs, [], None, windows)
-    assert "GPU candidate vs CPU stable" in text
+    assert "GPU candidate vs CPU stable" in text and "say nothing about a GPU" not in text
+    assert "say nothing about a GPU" in migration_report.checklist_markdown("svc", "gpuops Cloud Run emulator", [],
+                                                                            costs, [], None, windows)
     assert "GPU candidate vs CPU stable" not in migration_report.checklist_markdown("svc", "api", [], costs, [])
