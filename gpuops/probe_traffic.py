@@ -31,7 +31,6 @@ class ProbeTraffic:
     stop_early: bool = True  # end the window once its errors already break the limit
     # Credentials for a protected service (ID token, API key header); None sends none, as before.
     auth: ProbeAuth | None = field(default=None, repr=False)
-    _refusal: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def observe(self, url: str, window_s: float, gates: Gates, revision: str | None = None) -> Window:
         # `revision` is not needed: the tag URL reaches the candidate alone.
@@ -46,7 +45,6 @@ class ProbeTraffic:
 
     def _windows(self, urls: list[str], window_s: float, gates: Gates) -> list[Window]:
         seen = [_Sample() for _ in urls]
-        self._refusal = None  # which credential a 401/403 asked for, said once per window
         interval = window_s / self.requests if self.requests else 0
         # Past this many candidate errors the window can only fail: stop and say so at once.
         doomed_at = int(gates.max_error_rate * self.requests) + 1
@@ -61,17 +59,19 @@ class ProbeTraffic:
                 wait = started + (i + 1) * interval - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
-        return [sample.window(self._source(url, sample.sent)) for url, sample in zip(urls, seen)]
+        return [sample.window(self._source(url, sample)) for url, sample in zip(urls, seen)]
 
-    def _source(self, url: str, sent: int) -> str:
-        source = f"{sent} probe requests {self.method} {url}{self.path}"
+    def _source(self, url: str, sample: "_Sample") -> str:
+        source = f"{sample.sent} probe requests {self.method} {url}{self.path}"
         if self.auth is not None:
             source += f" with {self.auth.describe()}"
-        if self._refusal:
-            source += f"; refused: {self._refusal}"
+        if sample.refused:
+            source += f"; refused: {sample.refused}"
         return source
 
-    def _one(self, client: httpx.Client, url: str) -> tuple[bool, float]:
+    def _one(self, client: httpx.Client, url: str) -> tuple[bool, float, str | None]:
+        """One timed request: whether it answered below 400, its latency, and which credential a
+        401/403 asked for (None when it was not refused)."""
         # Read per request: a cached ID token is refreshed when a long window outlives it.
         headers = self.auth.headers_for(url) if self.auth is not None else None
         start = time.perf_counter()
@@ -81,12 +81,11 @@ class ProbeTraffic:
             # Our own known-good request: a 4xx (auth refused, route gone) is no more a pass than a 5xx.
             ok = response.status_code < 400
         except httpx.HTTPError:
-            return False, (time.perf_counter() - start) * 1000
+            return False, (time.perf_counter() - start) * 1000, None
         ms = (time.perf_counter() - start) * 1000
-        if self._refusal is None:
-            self._refusal = explain_refusal(self.auth, url, response.status_code,
-                                            response.headers.get("www-authenticate", ""), response.text[:500])
-        return ok, ms
+        refused = None if ok else explain_refusal(self.auth, url, response.status_code,
+                                                  response.headers.get("www-authenticate", ""), response.text[:500])
+        return ok, ms, refused
 
 
 @dataclass
@@ -97,8 +96,10 @@ class _Sample:
     errors: int = 0
     latencies: list[float] = field(default_factory=list)
     first_error_at: float | None = None
+    refused: str | None = None  # the first refusal's explanation: which credential was asked for
 
-    def add(self, ok: bool, ms: float) -> None:
+    def add(self, ok: bool, ms: float, refused: str | None = None) -> None:
+        self.refused = self.refused or refused
         self.sent += 1
         self.latencies.append(ms)
         if not ok:
@@ -108,4 +109,4 @@ class _Sample:
 
     def window(self, source: str) -> Window:
         return Window(requests=self.sent, errors=self.errors, latencies_ms=tuple(self.latencies), source=source,
-                      first_error_at=self.first_error_at, ended_at=time.time())
+                      first_error_at=self.first_error_at, ended_at=time.time(), refused=self.refused)

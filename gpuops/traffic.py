@@ -83,6 +83,7 @@ class Window:
     first_error_at: float | None = None  # epoch seconds: when the first failing answer came back
     ended_at: float | None = None  # epoch seconds: when the window closed
     reported_p95_ms: float | None = None  # a p95 the source measured itself (Cloud Monitoring): no latencies_ms
+    refused: str | None = None  # the service refused the probes' credentials: which one it asked for
 
     @property
     def error_rate(self) -> float:
@@ -108,7 +109,12 @@ def percentile(values, pct: float) -> float | None:
 
 
 def judge(window: Window, gates: Gates) -> Verdict:
-    """Fail on any broken limit; inconclusive below the request minimum; pass otherwise."""
+    """Fail on any broken limit; inconclusive below the request minimum; pass otherwise.
+
+    Probes the service refused for credentials prove nothing about the release, but no window can
+    pass without them: that fails at once, naming the credential, instead of holding."""
+    if window.refused:
+        return Verdict("fail", (f"probe requests refused: {window.refused}",))
     failed = []
     if window.requests and window.error_rate > gates.max_error_rate:
         failed.append(f"error rate {window.error_rate:.1%} over {gates.max_error_rate:.1%} "

@@ -127,7 +127,7 @@ def judge_side_by_side(candidate: Window, stable: Window | None, gates: Gates,
     from gpuops.traffic import judge
 
     fixed = judge(candidate, gates)
-    if stable is None:
+    if stable is None or candidate.refused:  # refused probes measure nothing, on either side
         return fixed, {}
     side, figures = compare(candidate, stable, gates, tolerance)
     if side.outcome == "inconclusive":

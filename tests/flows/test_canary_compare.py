@@ -46,8 +46,9 @@ def test_a_canary_of_a_service_requiring_an_id_token_fails_closed_without_one_an
 
     with pytest.raises(CheckFailed) as failed:
         canary_shift(P, R, S, **FAST)
-    first = failed.value.details[0]["history"][0]  # stable refuses too: the windows hold, then roll back
+    [first] = failed.value.details[0]["history"]  # refused probes fail at once: no window can pass
     assert first["errors"] == first["requests"] and "requires a Google ID token" in first["source"]
+    assert "requires a Google ID token" in str(failed.value)
     assert split_of(cr)[stable] == 100
 
     result = canary_shift(P, R, S, **FAST, id_token=True)

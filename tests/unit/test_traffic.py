@@ -138,3 +138,9 @@ def test_drift_since_snapshot_names_generation_revision_and_traffic():
     drift = cloud_run_traffic.drift_since_snapshot(moved, snapshot)
     assert drift == ["generation 1 -> 2", "latest ready revision svc-00001-abc -> svc-00002-def",
                      "traffic svc-00001-abc 100% -> svc-00002-def 100%"]
+
+
+def test_probes_refused_for_credentials_fail_at_once_naming_the_credential():
+    refused = Window(requests=2, errors=2, refused="it requires header X-API-Key: pass --api-key-secret")
+    verdict = traffic.judge(refused, GATES)
+    assert verdict.outcome == "fail" and "X-API-Key" in verdict.reasons[0]
