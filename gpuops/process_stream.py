@@ -1,0 +1,48 @@
+"""Run a command and hand over each line of its output as it comes (a build log, an app log).
+
+Lines go to `on_line` while the process runs, not at the end, so a log in a bucket follows the work.
+"""
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+LineSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a command ended: its exit code (None: killed at the deadline), time taken, last lines."""
+
+    command: tuple[str, ...]
+    exit_code: int | None
+    seconds: float
+    tail: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def run_streaming(command: Sequence[str], cwd: str, on_line: LineSink, timeout_s: float,
+                  env: dict[str, str] | None = None, tail_lines: int = 20) -> Finished:
+    """Run `command` (stdout and stderr merged), streaming lines; killed at `timeout_s`."""
+    started = time.monotonic()
+    tail: list[str] = []
+    proc = subprocess.Popen(list(command), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)
+    timer = threading.Timer(timeout_s, proc.kill)
+    timer.start()
+    try:
+        for raw in proc.stdout:  # type: ignore[union-attr]
+            line = raw.rstrip("\n")
+            tail = (tail + [line])[-tail_lines:]
+            on_line(line)
+        code = proc.wait()
+    finally:
+        timer.cancel()
+    killed = code < 0 and time.monotonic() - started >= timeout_s
+    return Finished(tuple(command), None if killed else code, round(time.monotonic() - started, 3), tuple(tail))
