@@ -14,8 +14,20 @@ from google.api_core import exceptions as gexc
 log = logging.getLogger("gpuops.retry")
 T = TypeVar("T")
 
+
+class TransientHTTPError(Exception):
+    """A 429/5xx or a lost connection from a client whose errors are not classified here (huggingface_hub):
+    its adapter raises this instead, holding no request or response. The next wait is at least
+    `retry_after_s`, the server's Retry-After."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.status, self.retry_after_s = status, retry_after_s
+
+
 # 429/500/502/503/504 and timeouts: the request may succeed if sent again. 4xx never are.
 TRANSIENT = (
+    TransientHTTPError,
     gexc.TooManyRequests,
     gexc.InternalServerError,
     gexc.BadGateway,
@@ -105,6 +117,14 @@ def call(
         raise  # the same object: nothing new is chained to it
 
 
+# A Retry-After is honoured, capped at the Hugging Face Hub's rate-limit window (5 minutes).
+MAX_RETRY_AFTER_S = 300.0
+
+
+def _retry_after(exc: BaseException) -> float:
+    return min(float(getattr(exc, "retry_after_s", None) or 0.0), MAX_RETRY_AFTER_S)
+
+
 def _attempts(what: str, fn: Callable[[], T], backoff: Backoff, read_back: Callable[[], T | None] | None) -> T:
     for attempt in range(backoff.attempts):
         try:
@@ -112,7 +132,7 @@ def _attempts(what: str, fn: Callable[[], T], backoff: Backoff, read_back: Calla
         except TRANSIENT as exc:
             if attempt == backoff.attempts - 1:
                 raise
-            wait = backoff.delay(attempt)
+            wait = max(backoff.delay(attempt), _retry_after(exc))
             log.warning("%s: transient %s, retrying in %.2fs", what, type(exc).__name__, wait)
             time.sleep(wait)
             if read_back is not None:

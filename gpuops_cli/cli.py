@@ -21,9 +21,14 @@ COMMAND_MODULES = ("gpuops_cli.migration_cli", "gpuops_cli.cleanup_cli", "gpuops
 
 
 def _emulate(args) -> None:
+    if args.system == "hf-hub":
+        from gpuops.emulator.hf_hub_api import serve as serve_hf_hub
+
+        return serve_hf_hub(8790 if args.port is None else args.port, args.data)
     from gpuops.emulator import serve
 
-    serve(args.port, args.seed, run_workloads=args.run_workloads, extra_path=args.extra_path)
+    serve(8780 if args.port is None else args.port, args.seed, run_workloads=args.run_workloads,
+          extra_path=args.extra_path)
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("emulate", help="run a local emulator (labelled as one)")
-    p.add_argument("system", choices=["cloud-run"])
-    p.add_argument("--port", type=int, default=8780)
+    p.add_argument("system", choices=["cloud-run", "hf-hub"])
+    p.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default 8780 cloud-run, 8790 hf-hub)")
+    p.add_argument("--data", help="hf-hub: directory keeping the repositories, one folder per commit")
     p.add_argument("--seed", help="JSON file of services and jobs to start with")
     p.add_argument("--run-workloads", action="store_true",
                    help="run job tasks and serving revisions as local processes (their command + args)")

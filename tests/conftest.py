@@ -150,3 +150,30 @@ def artifact_text(prefect_api):
         return json.dumps([a.data for a in found], default=str)
 
     return read
+
+
+# The Hugging Face Hub emulator: no Xet (it serves regular uploads only), no telemetry, never offline.
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.pop("HF_HUB_OFFLINE", None)
+HF_TEST_TOKEN = "hf_gpuopsTestToken0123456789"
+
+
+@pytest.fixture(scope="session")
+def hf_hub_emulator(tmp_path_factory):
+    """One HfHubEmulator on 127.0.0.1 for the session, writes needing HF_TEST_TOKEN (`.write_token`)."""
+    from gpuops.emulator.hf_hub_api import HfHubEmulator
+
+    with HfHubEmulator(data_dir=tmp_path_factory.mktemp("hf-hub"), token=HF_TEST_TOKEN) as emulator:
+        emulator.write_token = HF_TEST_TOKEN
+        yield emulator
+
+
+@pytest.fixture
+def fresh_hf_hub(hf_hub_emulator, monkeypatch):
+    """The Hub emulator emptied before and after a test, with HF_ENDPOINT pointing at it."""
+    hf_hub_emulator.reset()
+    monkeypatch.setenv("HF_ENDPOINT", hf_hub_emulator.url)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield hf_hub_emulator
+    hf_hub_emulator.reset()
