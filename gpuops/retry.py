@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -39,8 +40,28 @@ TRANSIENT = (
 )
 
 
+# S3/R2 through botocore: these codes and statuses may succeed if sent again (429/5xx, S3's SlowDown).
+BOTOCORE_TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling"}
+BOTOCORE_TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+
+
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TRANSIENT)
+    return isinstance(exc, TRANSIENT) or _botocore_transient(exc)
+
+
+def _botocore_transient(exc: BaseException) -> bool:
+    # botocore is imported by whoever made the error: a process that never loaded it has none to judge.
+    if "botocore" not in sys.modules:
+        return False
+    from botocore import exceptions as bexc
+
+    if isinstance(exc, (bexc.ConnectionError, bexc.ReadTimeoutError, bexc.ConnectionClosedError)):
+        return True  # EndpointConnectionError and ConnectTimeoutError are ConnectionErrors
+    if isinstance(exc, bexc.ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return error.get("Code") in BOTOCORE_TRANSIENT_CODES or status in BOTOCORE_TRANSIENT_STATUS
+    return False
 
 
 # What an API exception keeps of its call: google's `response` is the requests.Response (or a
@@ -129,8 +150,8 @@ def _attempts(what: str, fn: Callable[[], T], backoff: Backoff, read_back: Calla
     for attempt in range(backoff.attempts):
         try:
             return fn()
-        except TRANSIENT as exc:
-            if attempt == backoff.attempts - 1:
+        except Exception as exc:
+            if not is_transient(exc) or attempt == backoff.attempts - 1:
                 raise
             wait = max(backoff.delay(attempt), _retry_after(exc))
             log.warning("%s: transient %s, retrying in %.2fs", what, type(exc).__name__, wait)

@@ -177,3 +177,83 @@ def fresh_hf_hub(hf_hub_emulator, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     yield hf_hub_emulator
     hf_hub_emulator.reset()
+
+
+class S3StandIn:
+    """moto's S3 served by ThreadedMotoServer on 127.0.0.1, with a thin WSGI layer in front that
+    (1) makes each write atomic, as S3 and R2 make a conditional put (moto checks If-Match, then
+    writes, with no lock between), and (2) answers the next matching requests with an injected
+    error (`fail_next`), so transient faults travel over real HTTP to the real boto3 client; with
+    `after=True` the request is served first and only its answer is lost."""
+
+    def __init__(self):
+        import logging
+        import threading
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.url = f"http://{host}:{port}"
+        self._lock, self._faults, self.injected = threading.Lock(), [], []
+        inner = self.server._server.app  # werkzeug's server calls `.app` per request
+        self.server._server.app = lambda environ, start: self._serve(inner, environ, start)
+
+    def fail_next(self, method: str, status: int = 503, code: str = "SlowDown", count: int = 1,
+                  after: bool = False) -> None:
+        self._faults += [(method, status, code, after)] * count
+
+    def reset(self) -> None:
+        import urllib.request
+
+        self._faults.clear()
+        self.injected.clear()
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"), timeout=10)
+
+    def _serve(self, inner, environ, start):
+        method = environ["REQUEST_METHOD"]
+        with self._lock:
+            fault = next((f for f in self._faults if f[0] == method), None)
+            if fault is not None:
+                self._faults.remove(fault)
+                self.injected.append((method, environ.get("PATH_INFO", ""), fault[1]))
+        if fault is not None and fault[3]:
+            with self._lock:
+                list(inner(environ, lambda *a: None))  # served, and its answer dropped
+        if fault is not None:
+            body = f"<Error><Code>{fault[2]}</Code><Message>injected by the test</Message></Error>".encode()
+            start(f"{fault[1]} Injected", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
+            return [body]
+        if method == "GET" or method == "HEAD":
+            return inner(environ, start)
+        with self._lock:
+            return list(inner(environ, start))
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """One S3 stand-in (moto) on 127.0.0.1 for the session; `status_bucket` empties it per test."""
+    stand_in = S3StandIn()
+    yield stand_in
+    stand_in.stop()
+
+
+@pytest.fixture
+def status_bucket(moto_s3, monkeypatch):
+    """An empty status bucket on the stand-in, and gpuops pointed at it (CONTRACTS §2 variables)."""
+    import boto3
+
+    moto_s3.reset()
+    bucket = "gpuops-status"
+    for name, value in {"GPUOPS_S3_ENDPOINT": moto_s3.url, "GPUOPS_STATUS_BUCKET": bucket,
+                        "AWS_ACCESS_KEY_ID": "test-access-key", "AWS_SECRET_ACCESS_KEY": "test-secret-key",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    boto3.session.Session().client("s3", endpoint_url=moto_s3.url, region_name="us-east-1").create_bucket(Bucket=bucket)
+    yield SimpleNamespace(url=moto_s3.url, bucket=bucket, stand_in=moto_s3)
+    moto_s3.reset()
