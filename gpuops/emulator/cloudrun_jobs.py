@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+import urllib.parse
 from typing import Callable, Protocol
 
 from google.cloud import run_v2
@@ -79,6 +80,15 @@ class RunsUntilCancelled:
 
     def cancel(self, execution_name: str) -> None:
         self.cancelled.append(execution_name)
+
+
+def console_log_uri(job: Name, execution_id: str) -> str:
+    """Execution.log_uri as Google writes it: the Logs Explorer filtered to the execution."""
+    query = urllib.parse.quote(
+        f'resource.type = "cloud_run_job"\nresource.labels.job_name = "{job.id}"\n'
+        f'resource.labels.location = "{job.location}"\n'
+        f'labels."run.googleapis.com/execution_name" = "{execution_id}"', safe="")
+    return f"https://console.cloud.google.com/logs/viewer?project={job.project}&advancedFilter={query}"
 
 
 def default_task_template(template: Message) -> None:
@@ -195,6 +205,9 @@ class JobStore(TopLevelStore):
             job.execution_count = old.execution_count
             if old.HasField("latest_created_execution"):
                 job.latest_created_execution.CopyFrom(old.latest_created_execution)
+        # Present though empty until the first :run, as on Google: prefect-gcp's JobV2.get reads the key
+        # unguarded right after a create.
+        job.latest_created_execution.SetInParent()
         job.terminal_condition.CopyFrom(condition("Ready"))
         job.reconciling = False
         job.etag = make_etag(job.uid, job.generation)
@@ -238,6 +251,10 @@ class JobStore(TopLevelStore):
             stamp_field.CopyFrom(stamp)
         execution.job = job_id
         execution.launch_stage = job.launch_stage
+        # Output fields Google always fills (prefect-gcp's ExecutionV2.get reads both unguarded): the
+        # effective parallelism (unset means all tasks at once) and where the logs are in the Console.
+        execution.parallelism = execution.parallelism or execution.task_count
+        execution.log_uri = console_log_uri(Name.parse(job.name), exec_id)
         execution.running_count = execution.task_count
         execution.reconciling = True
         execution.conditions.extend(

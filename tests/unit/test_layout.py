@@ -18,6 +18,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "flows": {"gpuops", "gpuops.rollout", "blocks", "flows"},  # Prefect flows and tasks
     "gpuops_cli": {"gpuops", "gpuops.emulator", "gpuops.rollout", "blocks", "flows", "gpuops_cli"},  # entry points
     "deployments": {"gpuops", "blocks", "flows", "deployments"},
+    "workers": {"gpuops", "workers"},                      # worker types on prefect-gcp's (GPUOPS_CLOUD_RUN_API)
     "benchmarks": {"gpuops", "gpuops.emulator", "gpuops.rollout", "blocks", "flows", "gpuops_cli", "benchmarks"},
 }
 # Known to the checker so that importing them is caught; nothing outside tests may import tests.

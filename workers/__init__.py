@@ -1,0 +1,1 @@
+"""Prefect worker types gpuops adds on top of the integrations' own (prefect-gcp)."""
