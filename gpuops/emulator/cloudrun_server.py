@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import http.client
-import socket
 import sys
 import threading
-import time
 from typing import Any
-
-import uvicorn
 
 from .cloudrun_state import (
     EMULATOR_LABEL,
@@ -25,11 +20,10 @@ from .cloudrun_app import build_app
 from .cloudrun_jobs import ExecutionRunner
 from .id_tokens import DEFAULT_ACCOUNT, TokenIssuer
 from .invoker_auth import TOKEN_PATH, AuthPolicies, InvokerAuth, service_auth_from_json
+from .loopback_server import LOOPBACK, LoopbackServer
 
-LOOPBACK = "127.0.0.1"
 
-
-class CloudRunEmulator:
+class CloudRunEmulator(LoopbackServer):
     """A stateful Cloud Run Admin API v2 (REST) on 127.0.0.1, for run_v2 clients.
 
     `with CloudRunEmulator() as emu:` then
@@ -44,10 +38,7 @@ class CloudRunEmulator:
                  runner: ExecutionRunner | None = None, host: str = LOOPBACK, run_workloads: bool = False,
                  extra_path: list[str] | None = None, extra_env: dict[str, str] | None = None,
                  startup_timeout_s: float = 30.0):
-        if host != LOOPBACK:
-            raise ValueError("the emulator listens on 127.0.0.1 only")
-        self.host, self._wanted_port = host, port
-        self.port: int | None = None
+        super().__init__(port, host)
         workloads = WorkloadOptions(run_workloads, list(extra_path or []), dict(extra_env or {}),
                                     startup_timeout_s)
         # URLs are built lazily so they carry the port picked at start().
@@ -55,70 +46,19 @@ class CloudRunEmulator:
                                    workloads)
         # Invoker authentication of service URLs (Cloud Run's front end) and its token endpoint.
         self.auth_policies, self.token_issuer = AuthPolicies(), TokenIssuer()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._sock: socket.socket | None = None
 
     # ------------------------------------------------------------ lifecycle
 
-    @property
-    def url(self) -> str:
-        if self.port is None:
-            raise RuntimeError("the emulator is not started")
-        return f"http://{self.host}:{self.port}"
+    name = "Cloud Run emulator"
 
-    def start(self, timeout: float = 15.0) -> "CloudRunEmulator":
-        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only then (else ~40 ms
-        # per keep-alive request, Nagle against delayed ACK).
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((self.host, self._wanted_port))
-        self.port = self._sock.getsockname()[1]
+    def _before_start(self) -> None:
         self.state.apply_initial_seed()
-        app = InvokerAuth(build_app(self.state, self.info), self.auth_policies, self.token_issuer, lambda: self.url)
-        config = uvicorn.Config(app, log_level="warning",
-                                access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name=f"cloudrun-emulator-{self.port}", daemon=True)
-        self._thread.start()
-        self._wait_ready(timeout)
-        return self
 
-    def stop(self) -> None:
+    def _app(self):
+        return InvokerAuth(build_app(self.state, self.info), self.auth_policies, self.token_issuer, lambda: self.url)
+
+    def _before_stop(self) -> None:
         self.state.stop_workloads()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._sock is not None:
-            self._sock.close()
-        self._server = self._thread = self._sock = None
-
-    def __enter__(self) -> "CloudRunEmulator":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._server.started and self._answers():
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"the Cloud Run emulator did not start on port {self.port}")
-
-    def _answers(self) -> bool:
-        try:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=1)
-            conn.request("GET", "/emulator/v1/info")
-            ok = conn.getresponse().status == 200
-            conn.close()
-            return ok
-        except OSError:
-            return False
 
     # ------------------------------------------------------------ test helpers
 

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import http.client
 import itertools
 import json
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .hf_hub_store import REPO_TYPES, HubError, HubStore
+from .loopback_server import LoopbackServer
 
 HF_EMULATOR_LABEL = "gpuops local Hugging Face Hub emulator \u2014 not huggingface.co"
 HEADER = {"X-Gpuops-Emulator": "hf-hub"}
-LOOPBACK = "127.0.0.1"
 MAX_BODY = 256 * 1024 * 1024
 KINDS = {f"{t}s": t for t in REPO_TYPES}
 WRITE_ROUTES = re.compile(r"^/api/(repos/create|[a-z]+s/[^/]+/[^/]+/(preupload|commit|branch)/)")
@@ -310,7 +307,7 @@ class Guard:
 # ---------------------------------------------------------------- the server
 
 
-class HfHubEmulator:
+class HfHubEmulator(LoopbackServer):
     """The Hub's commit API on 127.0.0.1 for `HfApi(endpoint=emu.url)`; content under `data_dir`.
 
     `with HfHubEmulator(data_dir) as emu:`; then `emu.commits("org/name")`, `emu.files("org/name")`,
@@ -321,68 +318,20 @@ class HfHubEmulator:
     def __init__(self, data_dir: str | Path | None = None, port: int = 0, token: str | None = None):
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="gpuops-hf-hub-"))
-        self.host, self._wanted_port, self.port = LOOPBACK, port, None
+        super().__init__(port)
         self.store = HubStore(self.data_dir, lambda: self.url)
         self.faults = FaultLog()
         self._token = token
-        self._server = self._thread = self._sock = None
 
-    @property
-    def url(self) -> str:
-        if self.port is None:
-            raise RuntimeError("the Hugging Face Hub emulator is not started")
-        return f"http://{self.host}:{self.port}"
+    name = "Hugging Face Hub emulator"
 
-    def start(self, timeout: float = 15.0) -> "HfHubEmulator":
-        import uvicorn
-
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((self.host, self._wanted_port))
-        self.port = self._sock.getsockname()[1]
-        app = Guard(build_app(self.store, self.info), self.faults, self._token)
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name=f"hf-hub-emulator-{self.port}", daemon=True)
-        self._thread.start()
-        self._wait_ready(timeout)
-        return self
+    def _app(self):
+        return Guard(build_app(self.store, self.info), self.faults, self._token)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._sock is not None:
-            self._sock.close()
-        self._server = self._thread = self._sock = None
+        super().stop()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> "HfHubEmulator":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._server.started and self._answers():
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"the Hugging Face Hub emulator did not start on port {self.port}")
-
-    def _answers(self) -> bool:
-        try:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=1)
-            conn.request("GET", "/emulator/v1/info")
-            ok = conn.getresponse().status == 200
-            conn.close()
-            return ok
-        except OSError:
-            return False
 
     # ------------------------------------------------------------ test helpers
 
