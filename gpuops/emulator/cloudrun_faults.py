@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
 import re
-import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from google.cloud import run_v2
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from .fault_book import FaultBook
 from .cloudrun_common import HTTP_STATUS_NAMES, ApiError, check_json_int, check_json_type, invalid, show
 
 FAULT_MODES = ("before", "after", "race")
@@ -97,57 +96,13 @@ class LoggedRequest:
     fault: str | None = None
 
 
-@dataclass
-class FaultBook:
-    """Injected faults and the log of API requests; both have their own lock."""
-
-    faults: list[Fault] = field(default_factory=list)
-    log: list[LoggedRequest] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _ids: Any = field(default_factory=lambda: itertools.count(1))
-
-    def add(self, **spec: Any) -> Fault:
-        # id and fired are output fields: a fault read back from GET /faults can be posted again.
-        unknown = set(spec) - set(FAULT_FIELDS) - {"id", "fired", "skipped"}
-        if unknown:
-            raise invalid(f"unknown fault fields {sorted(unknown)}; expected some of {list(FAULT_FIELDS)}")
-        fault = Fault(**{k: v for k, v in spec.items() if k in FAULT_FIELDS})
-        with self._lock:
-            fault.id = next(self._ids)
-            self.faults.append(fault)
-        return fault
-
-    def take(self, method: str, path: str) -> Fault | None:
-        """The first live fault matching the request, consumed by one firing."""
-        with self._lock:
-            for fault in self.faults:
-                if fault.fired < fault.times and fault.matches(method, path):
-                    if fault.skipped < fault.skip:
-                        fault.skipped += 1
-                        return None
-                    fault.fired += 1
-                    return fault
-        return None
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self.faults.clear()
-
-    def record(self, entry: LoggedRequest) -> None:
-        with self._lock:
-            self.log.append(entry)
-
-    def requests(self, method: str | None = None, path: str | None = None) -> list[LoggedRequest]:
-        with self._lock:
-            entries = list(self.log)
-        return [
-            e for e in entries
-            if (method is None or e.method == method.upper()) and (path is None or re.search(path, e.path))
-        ]
-
-    def clear_requests(self) -> None:
-        with self._lock:
-            self.log.clear()
+def make_fault(**spec: Any) -> Fault:
+    """A Fault from POST /emulator/v1/faults' fields; id, fired and skipped (output fields) are ignored,
+    so a fault read back from GET /faults can be posted again."""
+    unknown = set(spec) - set(FAULT_FIELDS) - {"id", "fired", "skipped"}
+    if unknown:
+        raise invalid(f"unknown fault fields {sorted(unknown)}; expected some of {list(FAULT_FIELDS)}")
+    return Fault(**{k: v for k, v in spec.items() if k in FAULT_FIELDS})
 
 
 # ---------------------------------------------------------------- the race patch

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import threading
 from typing import Any
 
 from .cloudrun_state import (
@@ -153,15 +151,7 @@ def serve(port: int = 8780, seed: SeedSource = None, operation_polls_before_done
     """Run the emulator in the foreground until interrupted (for `gpuops emulate cloud-run`)."""
     emulator = CloudRunEmulator(port=port, seed=seed, operation_polls_before_done=operation_polls_before_done,
                                 run_workloads=run_workloads, extra_path=extra_path)
-    emulator.start()
-    print(f"{EMULATOR_LABEL}\nlistening on {emulator.url}  (GPUOPS_CLOUD_RUN_API={emulator.url})",
-          file=sys.stderr, flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        emulator.stop()
+    emulator.serve_forever(lambda: f"{EMULATOR_LABEL}\nlistening on {emulator.url}  (GPUOPS_CLOUD_RUN_API={emulator.url})")
 
 
 def main(argv: list[str] | None = None) -> int:

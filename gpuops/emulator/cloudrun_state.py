@@ -12,7 +12,8 @@ from google.cloud import run_v2
 
 from .cloudrun_common import Name, check_json_type, invalid, parse_body, to_json_dict
 # Fault, FaultBook, LoggedRequest and FAULT_MODES lived here first; importers still find them here.
-from .cloudrun_faults import FAULT_MODES, Fault, FaultBook, LoggedRequest, race_target, raced_document
+from .cloudrun_faults import (FAULT_MODES, Fault, FaultBook, LoggedRequest, make_fault, race_target,
+                              raced_document)
 from .cloudrun_jobs import ExecutionRunner, InstantSuccessRunner, JobStore
 from .cloudrun_ops import OperationStore
 from .monitoring_api import ServedRequests
@@ -49,7 +50,7 @@ class CloudRunState:
         self.ctx = Context(lock=self.lock, uri_for=uri_for)
         self.services = ServiceStore(self.ctx)
         self.ops = OperationStore(self.lock, operation_polls_before_done)
-        self.faults = FaultBook()
+        self.faults = FaultBook(make_fault)
         self.served = ServedRequests()  # what the router answered: the Monitoring emulation's data
         self.processes = ProcessTable()
         self.workload_options = options = workloads or WorkloadOptions()

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import re
 import shutil
-import sys
 import tempfile
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .hf_hub_store import REPO_TYPES, HubError, HubStore
+from .fault_book import FaultBook
 from .loopback_server import LoopbackServer
 
 HF_EMULATOR_LABEL = "gpuops local Hugging Face Hub emulator \u2014 not huggingface.co"
@@ -71,51 +69,6 @@ class HubRequest:
     status: int
     authorized: bool
     fault: int | None = None
-
-
-class FaultLog:
-    """Faults to inject and the request log, behind one lock."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self.faults: list[HubFault] = []
-        self.log: list[HubRequest] = []
-
-    def add(self, **spec: Any) -> HubFault:
-        fault = HubFault(**spec)
-        with self._lock:
-            fault.id = next(self._ids)
-            self.faults.append(fault)
-        return fault
-
-    def take(self, method: str, path: str) -> HubFault | None:
-        with self._lock:
-            for fault in self.faults:
-                if fault.fired < fault.times and fault.matches(method, path):
-                    if fault.skipped < fault.skip:
-                        fault.skipped += 1
-                        return None
-                    fault.fired += 1
-                    return fault
-        return None
-
-    def record(self, entry: HubRequest) -> None:
-        with self._lock:
-            self.log.append(entry)
-
-    def requests(self, method: str | None = None, path: str | None = None) -> list[HubRequest]:
-        with self._lock:
-            entries = list(self.log)
-        return [e for e in entries if (method is None or e.method == method.upper())
-                and (path is None or re.search(path, e.path))]
-
-    def clear(self, faults: bool = True, log: bool = True) -> None:
-        with self._lock:
-            if faults:
-                self.faults.clear()
-            if log:
-                self.log.clear()
 
 
 # ---------------------------------------------------------------- the HTTP app
@@ -258,7 +211,7 @@ def _validate_card(body: Any) -> dict:
 class Guard:
     """ASGI wrapper: the emulator header, optional token check on writes, injected faults, the request log."""
 
-    def __init__(self, app: Any, faults: FaultLog, token: str | None):
+    def __init__(self, app: Any, faults: FaultBook, token: str | None):
         self.app, self.faults, self.token = app, faults, token
 
     async def __call__(self, scope, receive, send):
@@ -320,7 +273,7 @@ class HfHubEmulator(LoopbackServer):
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="gpuops-hf-hub-"))
         super().__init__(port)
         self.store = HubStore(self.data_dir, lambda: self.url)
-        self.faults = FaultLog()
+        self.faults = FaultBook(HubFault)
         self._token = token
 
     name = "Hugging Face Hub emulator"
@@ -348,18 +301,19 @@ class HfHubEmulator(LoopbackServer):
                                mode=mode, skip=skip, message=message)
 
     def clear_faults(self) -> None:
-        self.faults.clear(log=False)
+        self.faults.clear_faults()
 
     def requests(self, method: str | None = None, path: str | None = None) -> list[HubRequest]:
         """Logged /api requests, optionally filtered by method and a path regex."""
         return self.faults.requests(method, path)
 
     def clear_requests(self) -> None:
-        self.faults.clear(faults=False)
+        self.faults.clear_requests()
 
     def reset(self) -> None:
         """No repositories, faults or logged requests."""
-        self.faults.clear()
+        self.faults.clear_faults()
+        self.faults.clear_requests()
         self.store.reset()
 
     def commits(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> list[dict]:
@@ -378,15 +332,8 @@ class HfHubEmulator(LoopbackServer):
 def serve(port: int = 8790, data_dir: str | None = None) -> None:
     """Run the emulator in the foreground until interrupted (for `gpuops emulate hf-hub`)."""
     emulator = HfHubEmulator(data_dir=data_dir, port=port)
-    emulator.start()
-    print(f"{HF_EMULATOR_LABEL}\nlistening on {emulator.url}  (HF_ENDPOINT={emulator.url} HF_HUB_DISABLE_XET=1)\n"
-          f"content under {emulator.data_dir}", file=sys.stderr, flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        emulator.stop()
+    emulator.serve_forever(lambda: f"{HF_EMULATOR_LABEL}\nlistening on {emulator.url}  "
+                                   f"(HF_ENDPOINT={emulator.url} HF_HUB_DISABLE_XET=1)\ncontent under {emulator.data_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ import http.client
 import socket
 import threading
 import time
+from typing import Callable
 
 LOOPBACK = "127.0.0.1"
 
@@ -66,6 +67,20 @@ class LoopbackServer:
         if self._sock is not None:
             self._sock.close()
         self._server = self._thread = self._sock = None
+
+    def serve_forever(self, banner: Callable[[], str]) -> None:
+        """Start, say `banner()` (it may name the URL) on stderr, serve until interrupted (the
+        `gpuops emulate ...` commands)."""
+        import sys
+
+        self.start()
+        print(banner(), file=sys.stderr, flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
 
     def __enter__(self):
         return self.start()
