@@ -1,7 +1,6 @@
 """Flow `run-job` (runbook 1-B CPU Job実行テスト, 6-B job times): run a Cloud Run job once, bounded, and report."""
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 from prefect import flow, get_run_logger, task
@@ -12,10 +11,7 @@ from blocks.cloud_run_blocks import CloudRunTarget
 from flows.common import connect, resolve_target, where
 from gpuops import cloudrun, job_run, params, state
 from gpuops.errors import BadInput, CheckFailed
-from gpuops.execution_logs import read_log_tail
-
-# Cloud Logging ingests a few seconds behind the job: on Google, read again while nothing is there.
-LOG_READS_ON_GOOGLE, LOG_READ_PAUSE_S = 3, 10.0
+from gpuops.execution_logs import read_log_tail, read_once_ingested
 
 
 # Every task here handles executions, whose template holds the job's env values: nothing is persisted.
@@ -43,13 +39,7 @@ def wait_for_execution(cr: cloudrun.CloudRun, name: str, timeout_s: float) -> tu
 
 @task(name="read-log-tail", cache_policy=NO_CACHE, persist_result=False)
 def read_tail(cr: cloudrun.CloudRun, execution: dict, lines: int, credentials=None) -> list[str]:
-    reads = 1 if cr.is_emulator else LOG_READS_ON_GOOGLE  # the emulator's log is complete at the end
-    for attempt in range(reads):
-        tail = read_log_tail(cr, execution, lines, credentials)
-        if tail or attempt == reads - 1:
-            return tail
-        time.sleep(LOG_READ_PAUSE_S)
-    return []
+    return read_once_ingested(cr, lambda: read_log_tail(cr, execution, lines, credentials), bool)
 
 
 def _require_job(cr: cloudrun.CloudRun, project: str, region: str, job: str) -> str:

@@ -11,12 +11,11 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.cloud_run_blocks import CloudRunTarget
 from flows.common import Target, connect, resolve_target, where
-from gpuops import cloudrun, job_plan, params, probe_auth, smoke, state
+from flows.run_job import start_execution, wait_for_execution
+from gpuops import cloudrun, job_plan, params, probe_auth, smoke
 from gpuops.errors import BadInput, CheckFailed
-from gpuops.execution_logs import read_execution_output
+from gpuops.execution_logs import read_execution_output, read_once_ingested
 
-# Cloud Logging ingests a few seconds behind the job: on Google, read again before giving up.
-LOG_READS_ON_GOOGLE, LOG_READ_PAUSE_S = 6, 10.0
 _ERROR_CHARS = 200  # of a failing answer's body: enough to name the error, too little to dump a page
 
 
@@ -26,33 +25,16 @@ def _fix(target: Target, prefix: Optional[str]) -> str:
             f"--service {target.service}{with_prefix}` first")
 
 
-@task(name="run-gpu-probe", cache_policy=NO_CACHE, persist_result=False)
 def run_gpu_probe(cr: cloudrun.CloudRun, job: str, args: list[str], timeout_s: float,
                   credentials=None) -> tuple[dict, Optional[dict]]:
-    """One execution of the GPU job with the probe's args, waited for with a bound; its report."""
-    overrides = {"containerOverrides": [{"args": args}]}
-    started = cloudrun.run_job(cr, job, overrides)
-    state.record_started_execution(started["name"])
-    get_run_logger().info("started %s with args %s", cloudrun.short(started["name"]), args)
-    try:
-        # Locally a poll costs nothing and the probe takes about a second; on Google keep the default.
-        poll_s = 0.2 if cr.is_emulator else 2.0
-        execution = cloudrun.wait_execution(cr, started["name"], timeout_s, poll_s)
-    except TimeoutError:
-        # A hung probe must not keep a GPU billed: cancel it, and report the timeout.
-        cloudrun.cancel_execution(cr, started["name"])
-        return {**(cloudrun.get_execution(cr, started["name"]) or started), "timedOutAfterS": timeout_s}, None
-    return execution, _probe_report(cr, execution, credentials)
-
-
-def _probe_report(cr: cloudrun.CloudRun, execution: dict, credentials) -> Optional[dict]:
-    reads = 1 if cr.is_emulator else LOG_READS_ON_GOOGLE  # the emulator's log is complete at the end
-    for attempt in range(reads):
-        report = smoke.probe_result_from_output(read_execution_output(cr, execution, credentials))
-        if report is not None or attempt == reads - 1:
-            return report
-        time.sleep(LOG_READ_PAUSE_S)
-    return None
+    """One execution of the GPU job with the probe's args, waited for with a bound (a hung probe is
+    cancelled: it must not keep a GPU billed); the execution and the probe's report."""
+    execution, timed_out = wait_for_execution(cr, start_execution(cr, job, args), timeout_s)
+    if timed_out:
+        return {**execution, "timedOutAfterS": timeout_s}, None
+    output = read_once_ingested(cr, lambda: read_execution_output(cr, execution, credentials),
+                                lambda text: smoke.probe_result_from_output(text) is not None)
+    return execution, smoke.probe_result_from_output(output)
 
 
 def _request(client: httpx.Client, method: str, uri: str, path: str, body: Optional[dict],

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+from typing import Callable, TypeVar
 
 from google.api_core import exceptions as gexc
 
 from gpuops import retry
 from gpuops.cloudrun import CloudRun, short
 
+T = TypeVar("T")
 log = logging.getLogger("gpuops.execution_logs")
 
 LOGGING_ENV = "GPUOPS_LOGGING_API"
@@ -42,6 +44,24 @@ def entry_text(entry: dict) -> str:
     if "jsonPayload" in entry:
         return json.dumps(entry["jsonPayload"], sort_keys=True)
     return str(entry.get("textPayload", "")).rstrip("\n")
+
+
+# Cloud Logging ingests a few seconds behind a job: on Google, read again while nothing is there yet.
+LOG_READS_ON_GOOGLE, LOG_READ_PAUSE_S = 6, 10.0
+
+
+def read_once_ingested(cr: CloudRun, read: Callable[[], T], found: Callable[[T], bool]) -> T:
+    """`read()` until `found` says it holds what was looked for, or the reads run out (the emulator's
+    log is complete when the execution ends: one read there)."""
+    import time
+
+    reads = 1 if cr.is_emulator else LOG_READS_ON_GOOGLE
+    for attempt in range(reads):
+        value = read()
+        if found(value) or attempt == reads - 1:
+            return value
+        time.sleep(LOG_READ_PAUSE_S)
+    return value
 
 
 def read_execution_output(cr: CloudRun, execution: dict, credentials=None) -> str:

@@ -11,6 +11,7 @@ from typing import Any, Callable, TypeVar
 
 from gpuops import retry
 from gpuops.errors import BadInput, CouldNotRun
+from gpuops.markdown import cell
 
 T = TypeVar("T")
 TRANSIENT_STATUS = (429, 500, 502, 503, 504)
@@ -77,17 +78,12 @@ def model_card(repo_id: str, job_id: str, source_commit: str, metadata: dict[str
                folder_readme: str | None) -> str:
     """README.md: front matter (tags only, which the Hub validates), then the job's metadata as a table."""
     rows = {"job id": job_id, "source commit": source_commit, **metadata}
-    table = "\n".join(f"| {_cell(k)} | {_cell(v)} |" for k, v in rows.items())
+    table = "\n".join(f"| {cell(k)} | {cell(v)} |" for k, v in rows.items())
     card = (f"---\ntags:\n- gpuops\n---\n\n# {repo_id}\n\nPublished by gpuops job `{job_id}` "
             f"from source commit `{source_commit}`.\n\n| field | value |\n|---|---|\n{table}\n")
     if folder_readme:
         card += f"\n## The output's own README\n\n{folder_readme}"
     return card
-
-
-def _cell(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _folder_files(folder: Path) -> tuple[list[str], str | None]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from gpuops.markdown import cell
+
 SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, UNFINISHED = "succeeded", "failed", "cancelled", "timed out", "unfinished"
 
 
@@ -73,13 +75,9 @@ def report_markdown(result: dict) -> str:
     lines = [f"# Job `{result['job']}`: {result['state'].upper()}", "", f"API: {result['api']}", "",
              "| execution | state | measured s | bound s | args |", "|---|---|---|---|---|",
              f"| `{result['execution']}` | {result['state']} | {_seconds(result['duration_s'])} | "
-             f"{result['timeout_s']:g} | `{_cell(args)}` |", "",
+             f"{result['timeout_s']:g} | `{cell(args)}` |", "",
              f"## Last {len(result['log_tail'])} log lines", "", "```", *result["log_tail"], "```"]
     return "\n".join(lines)
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 # --- the migration's 6-B rows ------------------------------------------------------------

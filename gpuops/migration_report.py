@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from gpuops import job_run
+from gpuops.markdown import cell
 
 
 def phase_evidence(phase: str, result: dict) -> tuple[str, int]:
@@ -52,9 +53,6 @@ def checklist_markdown(service: str, api: str, rows: list[dict], costs: dict, se
 def response_time_markdown(windows: list[dict], emulated: bool = False) -> list[str]:
     """Runbook 6-B's response-time row, measured: each canary window sent the same requests to the GPU
     candidate and to the CPU stable revision, interleaved."""
-    def cell(value) -> str:
-        return "-" if value is None else str(value)
-
     rows = [f"| {w['step']} | {w['percent']}% | {w['requests']} | {cell(w['p95_ms'])} | "
             f"{cell(w.get('stable_requests'))} | {cell(w.get('stable_p95_ms'))} | {cell(w.get('median_ratio'))} | "
             f"{cell(w.get('p_value'))} | {w['verdict']} |" for w in windows]

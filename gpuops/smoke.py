@@ -5,6 +5,8 @@ import json
 import math
 import statistics
 
+from gpuops.markdown import cell
+
 EMULATED_TEXT = "GPU emulated (recorded nvidia-smi reading)"
 REAL_TEXT = "real GPU (nvidia-smi on the job's host)"
 
@@ -177,7 +179,7 @@ def report_markdown(result: dict) -> str:
     for c in result["checks"]:
         figure = json.dumps(c["figure"], sort_keys=True) if c["figure"] is not None else ""
         mark = "pass" if c["passed"] else "**FAIL**"
-        lines.append(f"| {c['check']} | {mark} | {_cell(c['detail'])} | `{figure}` |")
+        lines.append(f"| {c['check']} | {mark} | {cell(c['detail'])} | `{figure}` |")
     lines += ["", "## CPU vs GPU (measured)", "", "| side | requests | median ms | p95 ms | speedup |",
               "|---|---|---|---|---|"]
     lines += [f"| {r['side']} | {r['requests']} | {r['median_ms']} | {r['p95_ms']} | {r['speedup_vs_cpu']} |"
@@ -185,11 +187,6 @@ def report_markdown(result: dict) -> str:
     lines.append("")
     lines.append(result["comparison_note"])
     return "\n".join(lines)
-
-
-def _cell(text: str) -> str:
-    # An error body may hold pipes or newlines; either would break the table's row.
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def comparison_note(on_emulator: bool, baseline_uri: str | None, service: str) -> str:

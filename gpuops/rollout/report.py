@@ -1,6 +1,7 @@
 """What a canary reports: one history row per window, and the markdown artifact of a run."""
 from __future__ import annotations
 
+from gpuops.markdown import cell
 from gpuops.traffic import CanaryState, Verdict, Window
 
 
@@ -19,10 +20,6 @@ def figures_line(history: list[dict]) -> str:
     return "Figures are measured from probe requests the flow sent to the candidate's URL."
 
 
-def _cell(value) -> str:
-    return "-" if value is None else str(value)
-
-
 def history_markdown(target: str, api: str, state: CanaryState, history: list[dict], outcome: str) -> str:
     side_by_side = any("stable_requests" in h for h in history)
     head = "| step | candidate share | requests | errors | p95 ms |"
@@ -32,10 +29,10 @@ def history_markdown(target: str, api: str, state: CanaryState, history: list[di
         rule += "---|---|---|---|"
     rows = []
     for h in history:
-        row = f"| {h['step']} | {h['percent']}% | {h['requests']} | {h['errors']} | {_cell(h['p95_ms'])} |"
+        row = f"| {h['step']} | {h['percent']}% | {h['requests']} | {h['errors']} | {cell(h['p95_ms'])} |"
         if side_by_side:
-            row += (f" {_cell(h.get('stable_requests'))} | {_cell(h.get('stable_errors'))} | "
-                    f"{_cell(h.get('stable_p95_ms'))} | {_cell(h.get('p_value'))} |")
+            row += (f" {cell(h.get('stable_requests'))} | {cell(h.get('stable_errors'))} | "
+                    f"{cell(h.get('stable_p95_ms'))} | {cell(h.get('p_value'))} |")
         rows.append(row + f" {h['verdict']} | {'; '.join(h['reasons'])} |")
     lines = [f"# Canary of `{target}`: {outcome}",
              f"API: {api}. Stable `{state.stable}`, candidate `{state.candidate}`, steps {list(state.steps)}.",
