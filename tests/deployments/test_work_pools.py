@@ -100,8 +100,19 @@ def parse_job(body: dict) -> run_v2.Job:
 def test_pool_files_are_the_three_pools():
     pools = apply.load_pool_files(POOLS_DIR)
     assert [p["name"] for p in pools] == POOL_NAMES
-    assert [p["type"] for p in pools] == ["cloud-run-v2", "kubernetes", "process"]
+    assert [p["type"] for p in pools] == ["gpuops-cloud-run-v2", "kubernetes", "process"]
     assert all(p["description"] for p in pools)
+
+
+def test_every_pool_type_is_a_worker_prefect_can_start():
+    """`prefect worker start --pool NAME` looks the pool's type up among the installed collections."""
+    from prefect.cli._worker_utils import _load_worker_class  # what `prefect worker start` calls
+
+    pools = {p["name"]: p for p in apply.load_pool_files(POOLS_DIR)}
+    # prefect-kubernetes is not a gpuops dependency: its worker is installed where it runs.
+    for name in ("gpuops-cloud-run-gpu", "gpuops-process"):
+        worker_class = _load_worker_class(pools[name]["type"])
+        assert worker_class is not None and worker_class.type == pools[name]["type"], name
 
 
 @pytest.mark.parametrize("name", POOL_NAMES)
@@ -296,7 +307,7 @@ def test_apply_creates_the_pools_then_changes_nothing(prefect_api, pool_dir, cap
     directory, names = pool_dir
     assert apply.main(["--dir", str(directory)]) == apply.EXIT_OK
     out = capsys.readouterr().out
-    assert out.count("created ") == 3, out
+    assert out.count("created ") == len(names), out
     for name in names:
         pool = read_pool(name)
         expected = json.loads((directory / f"{name}.json").read_text())
@@ -305,7 +316,7 @@ def test_apply_creates_the_pools_then_changes_nothing(prefect_api, pool_dir, cap
 
     assert apply.main(["--dir", str(directory)]) == apply.EXIT_OK
     out = capsys.readouterr().out
-    assert out.count("in sync ") == 3 and "created" not in out, out
+    assert out.count("in sync ") == len(names) and "created" not in out, out
 
 
 def test_a_changed_template_is_reported_and_applied_only_with_update(
@@ -342,7 +353,7 @@ def test_dry_run_creates_nothing(prefect_api, pool_dir, capsys):
     directory, names = pool_dir
     assert apply.main(["--dry-run", "--dir", str(directory)]) == apply.EXIT_PENDING
     out = capsys.readouterr().out
-    assert out.count("would create ") == 3 and "(dry run)" in out, out
+    assert out.count("would create ") == len(names) and "(dry run)" in out, out
     assert all(read_pool(name) is None for name in names)
 
 
@@ -364,10 +375,29 @@ def test_the_script_runs_from_the_command_line(entry, tmp_path):
 def test_a_type_change_is_an_error(prefect_api, pool_dir, capsys):
     directory, names = pool_dir
     assert apply.main(["--dir", str(directory)]) == apply.EXIT_OK
-    edit_pool(directory, names[2], lambda pool: pool.update(type="docker"))
+    process = names[-1]
+    edit_pool(directory, process, lambda pool: pool.update(type="docker"))
     assert apply.main(["--dir", str(directory), "--update"]) == apply.EXIT_ERROR
     assert "cannot be changed" in capsys.readouterr().out
-    assert read_pool(names[2]).type == "process"
+    assert read_pool(process).type == "process"
+
+
+def test_a_cloud_run_pool_of_prefect_gcps_type_is_told_to_be_recreated(prefect_api, pool_dir, capsys):
+    """Pools applied before the file said gpuops-cloud-run-v2 keep `cloud-run-v2`: say how to move."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    directory, names = pool_dir
+    cloud_run = names[0]
+    pool = json.loads((directory / f"{cloud_run}.json").read_text())
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=cloud_run, type="cloud-run-v2",
+                                               base_job_template=pool["base_job_template"]))
+    assert apply.main(["--dir", str(directory), "--update"]) == apply.EXIT_ERROR
+    out = capsys.readouterr().out
+    assert "type is 'cloud-run-v2' in the API, 'gpuops-cloud-run-v2' in the file" in out, out
+    assert f"prefect work-pool delete {cloud_run}" in out
+    assert out.count("created ") == len(names) - 1
 
 
 def test_the_server_refusing_a_template_is_an_error(prefect_api, pool_dir, capsys):
@@ -376,12 +406,12 @@ def test_the_server_refusing_a_template_is_an_error(prefect_api, pool_dir, capsy
     def undeclared_variable(pool):
         pool["base_job_template"]["job_configuration"]["working_dir"] = "{{ nowhere }}"
 
-    edit_pool(directory, names[2], undeclared_variable)
+    edit_pool(directory, names[-1], undeclared_variable)
     assert apply.main(["--dir", str(directory)]) == apply.EXIT_ERROR
     out = capsys.readouterr().out
     assert "create refused: HTTP 422: Value error, The variables specified" in out, out
     assert "undeclared variable(s): nowhere." in out, out
-    assert out.count("created ") == 2  # the other pools are still applied
+    assert out.count("created ") == len(names) - 1  # the other pools are still applied
 
 
 def test_unreachable_or_unset_api_is_an_error(prefect_api, capsys):

@@ -75,11 +75,12 @@ async def _deploy_and_run(pool_name: str, emulator) -> tuple[str, object]:
 
     from workers.cloud_run_endpoint_worker import WORKER_TYPE, GpuopsCloudRunWorkerV2
 
-    # The pool file's base job template as written, under a name of its own on the shared server, with
-    # this worker type (the file says prefect-gcp's `cloud-run-v2`, whose worker only knows Google).
+    # The pool file as written (type gpuops-cloud-run-v2, this worker's), under a name of its own on the
+    # shared server.
     pool = json.loads(POOL_FILE.read_text())
+    assert pool["type"] == WORKER_TYPE
     async with get_client() as client:
-        await client.create_work_pool(WorkPoolCreate(name=pool_name, type=WORKER_TYPE,
+        await client.create_work_pool(WorkPoolCreate(name=pool_name, type=pool["type"],
                                                      base_job_template=pool["base_job_template"]))
         flow_id = await client.create_flow_from_name("cloud-run-pool-check")
         deployment_id = await client.create_deployment(
