@@ -1,4 +1,4 @@
-"""Work pools as code: templates render into valid Cloud Run v2 Jobs; apply.py is idempotent."""
+"""Work pools as code: templates render into valid Cloud Run v2 Jobs and GPU containers; apply.py is idempotent."""
 
 import asyncio
 import copy
@@ -18,7 +18,7 @@ from deployments import apply
 
 ROOT = Path(__file__).resolve().parents[2]
 POOLS_DIR = ROOT / "deployments" / "work_pools"
-POOL_NAMES = ["gpuops-cloud-run-gpu", "gpuops-kubernetes-gpu", "gpuops-process"]
+POOL_NAMES = ["gpuops-cloud-run-gpu", "gpuops-docker-gpu", "gpuops-kubernetes-gpu", "gpuops-process"]
 
 
 def load(name: str) -> dict:
@@ -97,10 +97,10 @@ def parse_job(body: dict) -> run_v2.Job:
 # --- the files ---------------------------------------------------------------------------
 
 
-def test_pool_files_are_the_three_pools():
+def test_pool_files_are_the_four_pools():
     pools = apply.load_pool_files(POOLS_DIR)
     assert [p["name"] for p in pools] == POOL_NAMES
-    assert [p["type"] for p in pools] == ["gpuops-cloud-run-v2", "kubernetes", "process"]
+    assert [p["type"] for p in pools] == ["gpuops-cloud-run-v2", "docker", "kubernetes", "process"]
     assert all(p["description"] for p in pools)
 
 
@@ -110,7 +110,7 @@ def test_every_pool_type_is_a_worker_prefect_can_start():
 
     pools = {p["name"]: p for p in apply.load_pool_files(POOLS_DIR)}
     # prefect-kubernetes is not a gpuops dependency: its worker is installed where it runs.
-    for name in ("gpuops-cloud-run-gpu", "gpuops-process"):
+    for name in ("gpuops-cloud-run-gpu", "gpuops-docker-gpu", "gpuops-process"):
         worker_class = _load_worker_class(pools[name]["type"])
         assert worker_class is not None and worker_class.type == pools[name]["type"], name
 
@@ -142,6 +142,8 @@ def test_variables_are_a_json_schema_whose_defaults_validate(name):
         ("gpuops-cloud-run-gpu", "cpu", 8),  # must be a string
         ("gpuops-cloud-run-gpu", "gpu_count", "2"),  # Cloud Run: one GPU per instance
         ("gpuops-cloud-run-gpu", "gpu_zonal_redundancy_disabled", "false"),
+        ("gpuops-docker-gpu", "container_create_kwargs", "--gpus all"),  # docker-py kwargs, an object
+        ("gpuops-docker-gpu", "privileged", "yes"),
         ("gpuops-kubernetes-gpu", "gpu_count", "one"),
         ("gpuops-process", "stream_output", "yes"),
     ],
@@ -177,6 +179,21 @@ def test_cloud_run_gpu_template_extends_prefect_gcp_default():
         expected = {k: v for k, v in prop.items() if k not in ("default", "description", "examples")}
         assert {k: v for k, v in ours_vars[name].items() if k in expected} == expected, name
     assert ours["variables"]["definitions"] == default["variables"]["definitions"]
+
+
+def test_docker_gpu_template_is_prefect_dockers_default_plus_a_gpu_request():
+    """Only container_create_kwargs' default (and its description) differ from prefect-docker's."""
+    from prefect_docker.worker import DockerWorker
+
+    default = DockerWorker.get_default_base_job_template()
+    ours = load("gpuops-docker-gpu")["base_job_template"]
+    ours_kwargs = ours["variables"]["properties"].pop("container_create_kwargs")
+    default_kwargs = default["variables"]["properties"].pop("container_create_kwargs")
+    assert ours == default
+    assert ours_kwargs.pop("default") == {"device_requests": [{"Count": -1, "Capabilities": [["gpu"]]}]}
+    assert "device_requests" in ours_kwargs.pop("description")
+    default_kwargs.pop("default"), default_kwargs.pop("description")
+    assert ours_kwargs == default_kwargs
 
 
 def test_process_template_is_prefects_default():
