@@ -28,32 +28,45 @@ def install_command(checkout: Path) -> list[str] | None:
     return None
 
 
-def build_from_source(repo: str, sha: str, dest: Path, on_line: LineSink,
-                      install_timeout_s: float = 1800.0) -> dict:
-    """Clone `repo` into `dest` (emptied first), check out `sha` detached, install it.
+def checkout(repo: str, sha: str, dest: Path, on_line: LineSink) -> str:
+    """Clone `repo` into `dest` (emptied first) and check out `sha` detached; returns the resolved commit.
 
-    Raises CheckFailed with the failing step's last lines; returns what was built.
+    Both runtimes start here: the source runtime installs the tree, the container runtime builds it.
     """
     check_sha(sha)
     if shutil.which("git") is None:
-        raise CheckFailed("git is not installed on this worker: the source runtime needs it.")
+        raise CheckFailed("git is not installed on this worker: the pipeline's build needs it.")
     if dest.exists():
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}  # a private repo without credentials fails, not hangs
     steps = [["git", "clone", "--quiet", "--no-checkout", repo, str(dest)],
              ["git", "-C", str(dest), "checkout", "--quiet", "--detach", sha]]
     for command in steps:
-        _require(run_streaming(command, str(dest.parent), on_line, GIT_TIMEOUT_S, env=env))
+        _require(run_streaming(command, str(dest.parent), on_line, GIT_TIMEOUT_S, env=_no_prompt_env()))
     resolved = _head(dest)
     if not resolved.startswith(sha):
         raise CheckFailed(f"checked out {resolved}, not {sha}: the repository does not have that commit.")
+    return resolved
+
+
+def build_from_source(repo: str, sha: str, dest: Path, on_line: LineSink,
+                      install_timeout_s: float = 1800.0) -> dict:
+    """Check `repo` out at `sha` into `dest` (see `checkout`), then install it.
+
+    Raises CheckFailed with the failing step's last lines; returns what was built.
+    """
+    resolved = checkout(repo, sha, dest, on_line)
     install = install_command(dest)
     if install is None:
         on_line("no uv.lock: nothing to install")
     else:
-        _require(run_streaming(install, str(dest), on_line, install_timeout_s, env=env))
+        _require(run_streaming(install, str(dest), on_line, install_timeout_s, env=_no_prompt_env()))
     return {"checkout": str(dest), "commit": resolved, "installed": install is not None}
+
+
+def _no_prompt_env() -> dict[str, str]:
+    # git (and uv fetching a git dependency) asking for a password would hang the worker: fail instead.
+    return {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
 
 
 def _require(done: Finished) -> None:

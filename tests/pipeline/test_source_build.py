@@ -7,7 +7,7 @@ import pytest
 
 from gpuops.errors import BadInput, CheckFailed
 from gpuops.process_stream import run_streaming
-from gpuops.source_build import build_from_source
+from gpuops.source_build import build_from_source, checkout
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -15,21 +15,30 @@ def git(cwd: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
-@pytest.fixture
-def tiny_app(tmp_path) -> tuple[Path, str, str]:
-    """A git repository with two commits of a tiny app; returns (path, first sha, second sha)."""
-    repo = tmp_path / "tiny-app"
+def make_repo(repo: Path, *commits: dict[str, str]) -> list[str]:
+    """A git repository at `repo` with one commit per {file name: content}; returns their SHAs.
+
+    The container runtime's tests make theirs with it too."""
     repo.mkdir()
     git(repo, "init", "--quiet", "--initial-branch=main")
     git(repo, "config", "user.email", "ci@example.invalid")
     git(repo, "config", "user.name", "ci")
-    (repo / "app.py").write_text("print('v1')\n")
-    git(repo, "add", "app.py")
-    git(repo, "commit", "--quiet", "-m", "v1")
-    first = git(repo, "rev-parse", "HEAD")
-    (repo / "app.py").write_text("print('v2')\n")
-    git(repo, "commit", "--quiet", "-am", "v2")
-    return repo, first, git(repo, "rev-parse", "HEAD")
+    shas = []
+    for n, files in enumerate(commits, 1):
+        for name, content in files.items():
+            (repo / name).write_text(content)
+        git(repo, "add", *files)
+        git(repo, "commit", "--quiet", "-m", f"commit {n}")
+        shas.append(git(repo, "rev-parse", "HEAD"))
+    return shas
+
+
+@pytest.fixture
+def tiny_app(tmp_path) -> tuple[Path, str, str]:
+    """A git repository with two commits of a tiny app; returns (path, first sha, second sha)."""
+    repo = tmp_path / "tiny-app"
+    first, second = make_repo(repo, {"app.py": "print('v1')\n"}, {"app.py": "print('v2')\n"})
+    return repo, first, second
 
 
 def test_the_checkout_is_the_job_commit_not_the_branch_head(tiny_app, tmp_path):
@@ -73,3 +82,10 @@ def test_a_command_past_its_deadline_is_killed(tmp_path):
     done = run_streaming([sys.executable, "-c", "import time; time.sleep(30)"], str(tmp_path),
                          lambda _line: None, timeout_s=0.5)
     assert done.exit_code is None and not done.ok
+
+
+def test_checkout_resolves_a_short_sha_to_the_full_commit(tiny_app, tmp_path):
+    repo, first, _second = tiny_app
+    lines = []
+    assert checkout(str(repo), first[:7], tmp_path / "work", lines.append) == first
+    assert (tmp_path / "work" / "app.py").read_text() == "print('v1')\n"
