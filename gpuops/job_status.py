@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import re
 from datetime import datetime, timezone
+from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from gpuops.errors import BadInput
@@ -118,6 +119,31 @@ def restart(doc: dict, now: datetime) -> dict:
     if "prefect" in doc:
         new["prefect"] = {k: v for k, v in doc["prefect"].items() if k in ("deploymentId", "parameters")}
     return new
+
+
+class JobBusy(RuntimeError):
+    """Another flow run, still active, owns this job id: the same job never runs twice at once."""
+
+    def __init__(self, job_id: str, owner: str):
+        super().__init__(f"job {job_id} is already being run by flow run {owner}")
+        self.job_id, self.owner = job_id, owner
+
+
+def claim(doc: dict, flow_run_id: str, now: datetime, owner_active: Callable[[str], bool], **prefect) -> dict:
+    """`doc` owned by `flow_run_id` (and naming the rest of `prefect`, as set_prefect takes it): the job is free when it has no owner, is finished, or its owner's
+    flow run is no longer active (it crashed); then a started or finished job starts over (restart).
+
+    Raises JobBusy while another active flow run owns an unfinished job. Called inside
+    StatusStore.update, so two runs claiming at once cannot both win.
+    """
+    owner = doc.get("prefect", {}).get("flowRunId")
+    if owner == flow_run_id:
+        return doc
+    if owner and not is_finished(doc) and owner_active(owner):
+        raise JobBusy(doc["jobId"], owner)
+    untouched = all(doc[stage]["status"] == PENDING for stage in STAGES)
+    fresh = doc if untouched and not owner else restart(doc, now)
+    return set_prefect(fresh, now, flow_run_id=flow_run_id, **prefect)
 
 
 def overall(doc: dict) -> str:

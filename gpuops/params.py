@@ -217,3 +217,79 @@ def run_job(*, job: Any, args: Any = None, timeout_s: Any = 1800, log_lines: Any
         "timeout_s": seconds("timeout_s", timeout_s, high=MAX_JOB_WAIT_S, example="1800"),
         "log_lines": count("log_lines", log_lines, low=0, high=1000, example="20"),
     }
+
+
+# --- the build -> run -> publish pipeline --------------------------------------------------
+
+RUNTIMES = ("source", "container")
+MAX_PIPELINE_WAIT_S = 7 * 86400
+_GIT_REF = re.compile(r"^(?!/)(?!.*(\.\.|//|@\{|\\))[A-Za-z0-9._/@+-]{1,255}(?<![./])$")
+_HF_REPO = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,95}/[A-Za-z0-9][-A-Za-z0-9_.]{0,95}$")
+_COMPUTE_CAP = re.compile(r"^\d{1,2}\.\d$")
+
+
+def pipeline(*, repo: Any, ref: Any, sha: Any, runtime: Any = "source", hf_repo: Any = None,
+             hf_revision: Any = "main", app_command: Any = None, output_dir: Any = "output",
+             need_vram_gib: Any = None, min_compute_cap: Any = "7.0", run_timeout_s: Any = 3600) -> dict:
+    """build-run-publish's whole request, checked before its first write."""
+    from gpuops.job_status import check_job_id
+
+    return {
+        "repo": git_repo("repo", repo),
+        "ref": git_ref("ref", ref),
+        "sha": check_job_id(sha),
+        "runtime": choice("runtime", runtime, RUNTIMES),
+        "hf_repo": hf_repo_id("hf_repo", hf_repo),
+        "hf_revision": git_ref("hf_revision", hf_revision),
+        "app_command": job_args("app_command", app_command),
+        "output_dir": relative_dir("output_dir", output_dir),
+        "need_vram_gib": None if need_vram_gib is None else float(
+            number("need_vram_gib", need_vram_gib, low=0, low_open=True, high=1024, unit="GiB", example="16")),
+        "min_compute_cap": compute_cap("min_compute_cap", min_compute_cap),
+        "run_timeout_s": seconds("run_timeout_s", run_timeout_s, high=MAX_PIPELINE_WAIT_S, example="3600"),
+    }
+
+
+def git_repo(field: str, value: Any) -> str:
+    """A clone URL (https/ssh/file) or a local path; never one carrying a password."""
+    from urllib.parse import urlsplit
+
+    fix = "pass a clone URL such as https://github.com/owner/app.git, or a local repository's path"
+    if not isinstance(value, str) or not value.strip() or value.startswith("-") or "\x00" in value:
+        raise bad(field, value, "is not a git repository", fix)
+    parts = urlsplit(value) if "://" in value else None
+    # https://TOKEN@host puts a token where a user name goes: refuse any credential in an http(s) URL.
+    if parts and (parts.password or (parts.username and parts.scheme in ("http", "https"))):
+        raise BadInput(f"{field} ({_flag(field)}) holds a credential in its URL (not shown): it would be stored in "
+                       "status.json and the flow run: use a credential helper or a deploy key instead.")
+    return value.strip()
+
+
+def git_ref(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not _GIT_REF.match(value):
+        raise bad(field, value, "is not a git ref name", f"pass e.g. {_flag(field)} main")
+    return value
+
+
+def hf_repo_id(field: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _HF_REPO.match(value) or ".." in value:
+        raise bad(field, value, "is not a Hugging Face repo id", f"pass e.g. {_flag(field)} my-org/my-model")
+    return value
+
+
+def relative_dir(field: str, value: Any) -> str:
+    """A folder inside the checkout: relative, without `..`."""
+    from pathlib import PurePosixPath
+
+    path = PurePosixPath(value) if isinstance(value, str) and value else None
+    if path is None or path.is_absolute() or ".." in path.parts or "\x00" in value:
+        raise bad(field, value, "is not a folder inside the checkout", f"pass e.g. {_flag(field)} output")
+    return str(path)
+
+
+def compute_cap(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not _COMPUTE_CAP.match(value):
+        raise bad(field, value, "is not a CUDA compute capability", f"pass e.g. {_flag(field)} 7.0 (sm_70)")
+    return value

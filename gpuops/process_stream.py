@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 LineSink = Callable[[str], None]
+NOT_RUNNABLE = 127  # the exit code a shell gives a command it cannot find or run
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,13 @@ def run_streaming(command: Sequence[str], cwd: str, on_line: LineSink, timeout_s
     """Run `command` (stdout and stderr merged), streaming lines; killed at `timeout_s`."""
     started = time.monotonic()
     tail: list[str] = []
-    proc = subprocess.Popen(list(command), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)
+    try:
+        proc = subprocess.Popen(list(command), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)
+    except OSError as exc:  # not installed, not executable: as a shell says it, exit 127
+        said = f"{command[0]}: cannot run: {exc.strerror or exc} (is it installed on this worker?)"
+        on_line(said)
+        return Finished(tuple(command), NOT_RUNNABLE, round(time.monotonic() - started, 3), (said,))
     timer = threading.Timer(timeout_s, proc.kill)
     timer.start()
     try:

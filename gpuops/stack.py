@@ -33,6 +33,17 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) 
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
+def stop_group(proc: subprocess.Popen | None) -> None:
+    """Stop a child started with start_new_session and every process it started (a server's helpers,
+    a worker's flow runs): TERM, then KILL after 15 s."""
+    if proc and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 @dataclass
 class PrefectServer:
     """`prefect server start` on SQLite under `home`; `api_url` is what PREFECT_API_URL takes."""
@@ -69,16 +80,67 @@ class PrefectServer:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            # The server starts helpers of its own: stop the whole process group.
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_group(self.proc)
 
     def __enter__(self) -> "PrefectServer":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@dataclass
+class Worker:
+    """`prefect worker start --pool POOL` as a child (its own process group), with `env` added to ours.
+
+    The worker runs each flow run as a process of its own, which inherits this environment: that is
+    how a local "GPU" worker gets the fake nvidia-smi on its PATH and the bucket settings.
+    """
+
+    pool: str
+    log_path: Path
+    env: dict[str, str] | None = None
+    worker_type: str = "process"
+    proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 60) -> "Worker":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool, "--type",
+                   self.worker_type, "--limit", "4", "--prefetch-seconds", "5"]
+        self.proc = subprocess.Popen(command, env={**os.environ, **(self.env or {})}, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_until_polling(timeout_s)
+        return self
+
+    def _wait_until_polling(self, timeout_s: float) -> None:
+        """Until the server has seen the worker's heartbeat on the pool: only then does a run get picked up."""
+        from prefect.client.orchestration import get_client
+
+        deadline = time.monotonic() + timeout_s
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"the worker exited with {self.proc.returncode}: see {self.log_path}")
+                if client.read_workers_for_work_pool(self.pool):
+                    return
+                time.sleep(0.5)
+        raise TimeoutError(f"the worker on {self.pool} did not report within {timeout_s:.0f} s: see {self.log_path}")
+
+    def stop(self) -> None:
+        stop_group(self.proc)
+
+    def __enter__(self) -> "Worker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def deploy_here(flow, name: str, pool: str) -> None:
+    """Deploy `flow` on a process pool to run from this checkout (what prefect.yaml's pull step does
+    with GPUOPS_HOME), for the demo and the tests."""
+    flow.to_deployment(name=name, work_pool_name=pool, job_variables={"working_dir": str(PROJECT_ROOT)}).apply()
