@@ -79,7 +79,8 @@ def badge(status) -> str:
 def stage_cell(job: dict, stage: str, object_base_url: str) -> str:
     part = job.get(stage) or {}
     bits = [badge(part.get("status"))]
-    if part.get("log"):
+    # §7 names both logs from the start; a stage still Pending has written nothing, so no link to a 404.
+    if part.get("log") and part.get("status") != job_status.PENDING:
         bits.append(link(object_url(str(part["log"]), object_base_url), job_status.LOG_NAMES[stage]))
     if stage == "build" and part.get("imageUri"):
         bits.append(link(image_url(str(part["imageUri"])), str(part["imageUri"])))
