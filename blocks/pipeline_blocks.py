@@ -58,16 +58,11 @@ class HfHubTarget(Block):
 
 def status_store(block_name: str | None = None, **overrides):
     """The status bucket from the named block, else from the environment alone."""
-    from gpuops.errors import BadInput
-    from gpuops.status_store import StatusStore
+    from gpuops.status_store import configured
 
     if block_name:
         return StatusBucket.load(block_name).store(**overrides)
-    if not os.environ.get("GPUOPS_STATUS_BUCKET"):
-        raise BadInput("status_bucket_block (--status-bucket-block) is empty and GPUOPS_STATUS_BUCKET is not set: "
-                       "name a gpuops-status-bucket block, or export GPUOPS_STATUS_BUCKET=<bucket> (and "
-                       "GPUOPS_S3_ENDPOINT=<endpoint URL> for R2 or a local stand-in).")
-    return StatusStore.from_env(**overrides)
+    return configured(**overrides)
 
 
 def hub_settings(block_name: str | None = None) -> tuple[str | None, str | None]:

@@ -172,8 +172,11 @@ def build_run_publish(
         store.update(job_id, lambda d: _unfinished_failed(d, exc))
         doc = store.read(job_id)
         _artifacts(store, doc)
-        if isinstance(exc, (CheckFailed, BadInput)) or not isinstance(exc, Exception):
+        if isinstance(exc, BadInput) or not isinstance(exc, Exception):
             raise
+        if isinstance(exc, CheckFailed):
+            stage = pipeline_report.failed_stage(doc) or "a stage"
+            raise CheckFailed(f"job {job_id} Failed at {stage}: {exc}", [doc]) from None
         raise CouldNotRun(f"job {job_id}: {type(exc).__name__}: {exc}. status.json says {doc['overallStatus']}; "
                           "nothing is left running. Re-run the same SHA to start it again.") from None
     doc = store.read(job_id)

@@ -184,6 +184,17 @@ class StatusStore:
         return retry.call(f"list {self.bucket}", page_through, backoff=self.backoff)
 
 
+def configured(**overrides) -> StatusStore:
+    """The bucket the environment names (CONTRACTS §2); bad input naming the variables when it names none."""
+    from gpuops.errors import BadInput
+
+    if not os.environ.get("GPUOPS_STATUS_BUCKET"):
+        raise BadInput("GPUOPS_STATUS_BUCKET is not set (Fix: export GPUOPS_STATUS_BUCKET=<bucket holding "
+                       "{jobId}/status.json>, and GPUOPS_S3_ENDPOINT=<endpoint URL> for R2 or a local stand-in; "
+                       "or name a gpuops-status-bucket block)")
+    return StatusStore.from_env(**overrides)
+
+
 def status_key(job_id: str) -> str:
     return f"{job_status.check_job_id(job_id)}/{STATUS_NAME}"
 

@@ -14,7 +14,28 @@ DEFAULT_PAGE = Path(".gpuops") / "dashboard" / "index.html"
 def register(subparsers) -> None:
     pipeline = subparsers.add_parser("pipeline", help="the build -> run -> publish pipeline's jobs (status.json)")
     commands = pipeline.add_subparsers(dest="pipeline_command", required=True, metavar="PIPELINE_COMMAND")
-    # `gpuops pipeline run` (CONTRACTS §3) belongs here, added with the build-run-publish flow.
+    p = commands.add_parser("run", help="build -> run on the GPU pool -> publish one commit (flow build-run-publish)")
+    p.add_argument("--repo", required=True, metavar="URL_OR_PATH", help="the app's git repository (no credentials in it)")
+    p.add_argument("--ref", required=True, help="the branch or tag pushed, e.g. main")
+    p.add_argument("--sha", required=True, help="the commit to build: also the job id")
+    p.add_argument("--runtime", default="source", choices=("source", "container"),
+                   help="source: git clone + uv sync (default); container: build and push an image")
+    p.add_argument("--hf-repo", metavar="NAME", help="Hugging Face repo to publish to (e.g. my-org/my-model)")
+    p.add_argument("--hf-revision", default="main", help="branch of --hf-repo to commit to (default main)")
+    p.add_argument("--image-repo", metavar="REGISTRY/PATH", help="container runtime: where the image goes, "
+                                                                  "e.g. ghcr.io/my-org/my-app")
+    p.add_argument("--app-command", nargs="+", metavar="ARG", help="the app's command (default: python main.py)")
+    p.add_argument("--need-vram-gib", type=float, help="VRAM the app needs; a smaller card is refused")
+    p.add_argument("--min-compute-cap", default="7.0", help="lowest CUDA compute capability (default 7.0)")
+    p.add_argument("--run-timeout-s", type=float, default=3600, help="bound on the GPU run (default 3600)")
+    p.add_argument("--run-deployment", default="run-app/run-app", metavar="FLOW/DEPLOYMENT",
+                   help="the run stage's deployment on the GPU pool (default run-app/run-app)")
+    p.add_argument("--status-bucket-block", metavar="NAME", help="a gpuops-status-bucket block (default: env)")
+    p.add_argument("--hf-hub-block", metavar="NAME", help="a gpuops-hf-hub block for the run (default: env)")
+    p.add_argument("--registry-credentials-block", metavar="NAME",
+                   help="a DockerRegistryCredentials block (container runtime)")
+    _common(p)
+    p.set_defaults(run=_run)
 
     p = commands.add_parser("status", help="print one job's status.json from the bucket (CONTRACTS §7)")
     p.add_argument("--sha", required=True, help="the job id: the commit SHA, full or a unique prefix of 7+ hex digits")
@@ -42,12 +63,21 @@ def _common(p) -> None:
 
 def store():
     """The status bucket from GPUOPS_STATUS_BUCKET / GPUOPS_S3_ENDPOINT (CONTRACTS §2)."""
-    from gpuops.status_store import StatusStore
+    from gpuops.status_store import configured
 
-    if not os.environ.get("GPUOPS_STATUS_BUCKET"):
-        raise BadInput("GPUOPS_STATUS_BUCKET is not set (Fix: export GPUOPS_STATUS_BUCKET=<bucket holding "
-                       "{jobId}/status.json>, and GPUOPS_S3_ENDPOINT=<endpoint URL> for R2 or a local stand-in)")
-    return StatusStore.from_env()
+    return configured()
+
+
+def _run(args) -> dict:
+    """The flow in this process; its run stage goes to the GPU pool's worker. The job's final status.json."""
+    from flows.build_run_publish import build_run_publish
+
+    return build_run_publish(
+        repo=args.repo, sha=args.sha, ref=args.ref, runtime=args.runtime, hf_repo=args.hf_repo,
+        hf_revision=args.hf_revision, image_repo=args.image_repo, app_command=args.app_command,
+        need_vram_gib=args.need_vram_gib, min_compute_cap=args.min_compute_cap, run_timeout_s=args.run_timeout_s,
+        run_deployment_name=args.run_deployment, status_bucket_block=args.status_bucket_block,
+        hf_hub_block=args.hf_hub_block, registry_credentials_block=args.registry_credentials_block)
 
 
 def _status(args) -> dict:

@@ -113,13 +113,20 @@ def test_a_push_is_built_run_on_the_gpu_pool_and_published_in_one_commit(pipelin
     assert commit["oid"] in artifact_text(f"pipeline-{sha}-hub-commit")
 
 
-def test_a_failing_build_ends_failed_with_the_run_still_pending_and_the_tail_in_an_artifact(pipeline, artifact_text):
+def test_a_failing_build_ends_failed_with_the_run_still_pending_and_the_tail_in_an_artifact(pipeline, artifact_text,
+                                                                                           capsys):
+    """From the command line: exit 1, and --json prints the job's final status.json in the details."""
+    from gpuops_cli.cli import main
+
     sha = make_app_repo(pipeline.repo, broken_build=True)
 
-    with pytest.raises(CheckFailed, match=f"job {sha} Failed|uv"):
-        run(pipeline, sha)
+    code = main(["pipeline", "run", "--repo", str(pipeline.repo), "--ref", "main", "--sha", sha, "--hf-repo", HF_REPO,
+                 "--run-deployment", pipeline.deployment, "--json"])
 
-    doc = pipeline.versions(sha)[-1]
+    printed = json.loads(capsys.readouterr().out)
+    assert code == 1 and printed["exit_code"] == 1 and printed["error"] == "check-failed"
+    (doc,) = printed["details"]
+    assert doc == pipeline.versions(sha)[-1]
     assert (doc["build"]["status"], doc["run"]["status"], doc["overallStatus"]) == ("Failed", "Pending", "Failed")
     tail = artifact_text(f"pipeline-{sha}-failed-log")
     assert "build failed" in tail and "uv" in tail
@@ -164,10 +171,17 @@ def test_the_same_job_never_runs_twice_at_once(pipeline, prefect_api):
     assert store.read(sha) == before
 
 
-def test_bad_input_is_refused_before_anything_is_written(pipeline):
+def test_bad_input_is_refused_before_anything_is_written(pipeline, capsys):
+    from gpuops_cli.cli import main
+
     sha = make_app_repo(pipeline.repo)
-    for overrides in ({"runtime": "vm"}, {"run_deployment_name": "run-app/nope"}, {"hf_repo": "no-slash"},
-                      {"runtime": "container"}):
-        with pytest.raises(BadInput):
-            run(pipeline, sha, **overrides)
+    base = ["pipeline", "run", "--repo", str(pipeline.repo), "--ref", "main", "--sha", sha, "--json"]
+    for extra in (["--run-deployment", "run-app/nope"], ["--hf-repo", "no-slash"], ["--runtime", "container"],
+                  ["--ref", "a..b"], ["--need-vram-gib", "0"], ["--repo", "https://ghp_token@github.com/o/a.git"]):
+        code = main(base + ["--run-deployment", pipeline.deployment] + extra)
+        printed = json.loads(capsys.readouterr().out)
+        assert (code, printed["error"]) == (2, "bad-input"), (extra, printed)
+        assert "ghp_token" not in printed["message"]
+    with pytest.raises(BadInput, match="runtime"):
+        run(pipeline, sha, runtime="vm")
     assert pipeline.s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
