@@ -19,9 +19,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.pipeline_blocks import status_store
+from flows.stage_log import stage_log
 from gpuops import job_status, params, pipeline_report
 from gpuops.errors import BadInput, CheckFailed, CouldNotRun
-from gpuops.log_shipper import LogShipper
 
 RUN_DEPLOYMENT = "run-app/run-app"
 
@@ -46,17 +46,10 @@ def claim_job(store, job_id: str, prefect_fields: dict) -> dict:
 @task(name="build", cache_policy=NO_CACHE, persist_result=False)
 def build(store, checked: dict, job_id: str, image_repo: Optional[str], registry_credentials) -> dict:
     """The build stage: Running, then Succeeded with the image (container) or Failed with its log kept."""
-    logger = get_run_logger()
     store.update(job_id, lambda d: job_status.transition(d, "build", job_status.RUNNING, _now()))
-    shipper = LogShipper(lambda text: store.append_log(job_id, "build", text))
-
-    def say(line: str) -> None:
-        shipper(line)
-        logger.info("%s", line)
-
     dest = Path(tempfile.gettempdir()) / "gpuops-builds" / job_id
     try:
-        with shipper:
+        with stage_log(store, job_id, "build") as say:
             built = _build(checked, dest, image_repo, registry_credentials, say)
     except BaseException as exc:
         store.update(job_id, lambda d: _stage_failed(d, "build", exc))

@@ -13,13 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.pipeline_blocks import hub_settings, status_store
+from flows.stage_log import stage_log
 from gpuops import job_status, params
 from gpuops.errors import CheckFailed
-from gpuops.log_shipper import LogShipper
 from gpuops.process_stream import run_streaming
 
 # gpuops' own credentials stay out of the app's environment: the app is the job's code, not ours.
@@ -142,16 +142,9 @@ def run_app(
                               run_timeout_s=app_timeout_s)
     job_id = job_status.check_job_id(job_id)
     store = status_store(status_bucket_block)
-    logger = get_run_logger()
-    shipper = LogShipper(lambda text: store.append_log(job_id, "run", text))
-
-    def say(line: str) -> None:
-        shipper(line)
-        logger.info("%s", line)
-
     store.update(job_id, lambda d: job_status.transition(d, "run", job_status.RUNNING, _now()))
     try:
-        with shipper:
+        with stage_log(store, job_id, "run") as say:
             result = _stages(checked, job_id, hf_hub_block, say)
     except BaseException as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -52,6 +52,12 @@ class LogShipper:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def unsent(self) -> int:
+        """Lines still buffered: after close(), those the bucket never took."""
+        with self._lock:
+            return len(self._lines)
+
     def close(self) -> None:
         """Stop the thread and send what is buffered (one last attempt; a failure is counted, not raised)."""
         self._stopped.set()

@@ -7,6 +7,7 @@ from gpuops import job_status as js
 from gpuops.errors import BadInput
 
 T0 = datetime(2025, 6, 18, 14, 30, tzinfo=timezone.utc)
+T1 = T0 + timedelta(minutes=5)
 SHA = "a1b2c3d4"
 
 
@@ -128,3 +129,45 @@ def test_restart_keeps_created_and_counts_attempts():
 ])
 def test_documents_that_are_not_the_contract_are_named(doc, problem):
     assert any(problem in p for p in js.check_document(doc))
+
+
+# --- claim: one active flow run per job id ------------------------------------------------------
+
+def _owned(owner: str, **stages) -> dict:
+    t0 = T0
+    doc = js.set_prefect(js.new_status("a1b2c3d4", t0), t0, flow_run_id=owner, deployment_id="dep",
+                         parameters={"sha": "a1b2c3d4"})
+    for stage, status in stages.items():
+        doc = js.transition(doc, stage, status, t0)
+    return doc
+
+
+def test_claim_refuses_a_job_whose_owner_is_still_active_and_asks_only_about_that_owner():
+    asked = []
+    doc = _owned("run-1", build="Running")
+    with pytest.raises(js.JobBusy, match="already being run by flow run run-1"):
+        js.claim(doc, "run-2", T1, lambda owner: asked.append(owner) or True)
+    assert asked == ["run-1"]
+
+
+def test_claim_takes_over_a_crashed_owners_job_and_starts_it_again():
+    doc = _owned("run-1", build="Running")
+    claimed = js.claim(doc, "run-2", T1, lambda owner: False)
+    assert claimed["prefect"]["flowRunId"] == "run-2" and claimed["attempt"] == 2
+    assert (claimed["build"]["status"], claimed["run"]["status"], claimed["overallStatus"]) == ("Pending",) * 3
+    assert claimed["timestamps"]["created"] == doc["timestamps"]["created"]
+    assert claimed["prefect"]["deploymentId"] == "dep"  # what a re-run link needs is kept
+
+
+def test_a_finished_job_is_run_again_without_asking_and_its_own_claim_is_a_no_op():
+    finished = _owned("run-1", build="Failed")
+    claimed = js.claim(finished, "run-2", T1, lambda owner: pytest.fail("a finished job needs no owner check"))
+    assert claimed["attempt"] == 2 and claimed["prefect"]["flowRunId"] == "run-2"
+    assert js.claim(claimed, "run-2", T1, lambda owner: True) is claimed
+
+
+def test_an_untouched_job_without_owner_is_claimed_as_it_is():
+    fresh = js.new_status("a1b2c3d4", T0)
+    claimed = js.claim(fresh, "run-9", T1, lambda owner: True, flow_run_url="http://ui/runs/flow-run/run-9")
+    assert "attempt" not in claimed and claimed["prefect"] == {"flowRunId": "run-9",
+                                                                 "flowRunUrl": "http://ui/runs/flow-run/run-9"}
