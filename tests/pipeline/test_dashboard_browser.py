@@ -11,6 +11,7 @@ server (the test harness starts it with the UI off).
 from __future__ import annotations
 
 import contextvars
+import inspect
 import json
 import socket
 import threading
@@ -20,7 +21,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from prefect import flow
 
 from gpuops import dashboard, job_status as js
 from gpuops.status_store import StatusStore
@@ -39,9 +39,10 @@ BUCKET = "gpuops-dashboard"
 T0 = datetime(2025, 6, 18, 14, 30, tzinfo=timezone.utc)
 OK, FAILED, RUNNING, PENDING, BROKEN = ("a1b2c3d4e5f60718293a4b5c6d7e8f9012345678", "deadbee", "cafe1234",
                                         "0123456", "0badc0d")
-# Characters that break a query string or JSON when quoted once too few or too many times.
+# What a run of build-run-publish records for its re-run: strings with characters that break a query
+# string or JSON when quoted once too few or too many times, a number, a list.
 OK_PARAMETERS = {"repo": "/srv/git/app & co+1.git", "ref": "feat/a+b", "sha": OK, "runtime": "source",
-                 "hf_repo": "gpuops/model"}
+                 "hf_repo": "gpuops/model", "need_vram_gib": 16.5, "app_command": ["python", "main.py", "--x=1"]}
 RUNNING_PARAMETERS = {**OK_PARAMETERS, "sha": RUNNING, "ref": "main"}
 LOGS = {(OK, "build"): "Step 1/3: uv sync ✓\nbuilt ghcr.io/gpuops/app\n",
         (OK, "run"): "epoch 1 loss=0.42 <ok> & done\n",
@@ -49,11 +50,6 @@ LOGS = {(OK, "build"): "Step 1/3: uv sync ✓\nbuilt ghcr.io/gpuops/app\n",
         (RUNNING, "build"): "installed in 12 s\n",
         (RUNNING, "run"): "step 10/100\n"}
 HOSTILE_IMAGE = '"><img src=x onerror="window.pwned=1">'
-
-
-@flow(name="build-run-publish")
-def build_run_publish(repo: str, ref: str, sha: str, runtime: str = "source", hf_repo: str | None = None):
-    """Stands in for the pipeline flow: the dashboard's re-run link needs its deployment and parameters."""
 
 
 # --- the browser, Prefect's UI, a deployment, the seeded bucket and page ------------------------------------
@@ -101,15 +97,18 @@ def prefect_ui(prefect_api, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def deployment(prefect_api):
-    """build-run-publish deployed on the Prefect server, and flow runs of it for two of the jobs."""
+    """build-run-publish deployed on the Prefect server (no work pool: its runs stay Scheduled), and
+    flow runs of it for two of the jobs."""
     from prefect.client.orchestration import get_client
+
+    from flows.build_run_publish import build_run_publish
 
     deployment_id = build_run_publish.to_deployment(name="dashboard-browser-test").apply()
     with get_client(sync_client=True) as client:
         runs = {sha: client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
                 for sha, parameters in ((OK, OK_PARAMETERS), (RUNNING, RUNNING_PARAMETERS))}
     yield SimpleNamespace(id=str(deployment_id), runs=runs)
-    with get_client(sync_client=True) as client:  # no work pool: its runs never start; remove them
+    with get_client(sync_client=True) as client:
         for run in flow_runs_of(deployment_id):
             client.delete_flow_run(run.id)
         client.delete_deployment(deployment_id)
@@ -323,15 +322,21 @@ def test_the_flow_run_link_opens_the_run_in_the_prefect_ui(browser, site):
 def test_the_rerun_link_fills_the_run_form_and_starts_the_deployment_again(browser, site):
     from selenium.webdriver.common.by import By
 
+    from flows.build_run_publish import build_run_publish
+
     url = follow(browser, site.url, OK, "re-run")
     assert url.startswith(f"{site.ui}/deployments/deployment/{site.deployment.id}/run?parameters=")
     fields = "return [...document.querySelectorAll('textarea, input')].map(e => e.value)"
-    wait_until(lambda: set(OK_PARAMETERS.values()) <= set(browser.execute_script(fields)),
-               "the run form to show every parameter of the job")
+    strings = {value for value in OK_PARAMETERS.values() if isinstance(value, str)}
+    wait_until(lambda: strings <= set(browser.execute_script(fields)), "the run form to show the job's parameters")
     submit = wait_until(lambda: browser.find_element(By.XPATH, "//button[normalize-space()='Submit']"),
                         "the run form's Submit button")
     submit.click()
     known = {run.id for run in site.deployment.runs.values()}
     (started,) = wait_until(lambda: [run for run in flow_runs_of(site.deployment.id) if run.id not in known],
                             "Submit to start a flow run of the deployment")
-    assert started.parameters == OK_PARAMETERS
+    # The job's parameters as they were, and the form's own values for the others: the flow's defaults.
+    assert {name: started.parameters.get(name) for name in OK_PARAMETERS} == OK_PARAMETERS
+    defaults = {name: p.default for name, p in inspect.signature(build_run_publish.fn).parameters.items()}
+    assert {name: value for name, value in started.parameters.items() if name not in OK_PARAMETERS} == \
+        {name: value for name, value in defaults.items() if name not in OK_PARAMETERS}
