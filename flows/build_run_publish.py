@@ -181,8 +181,10 @@ def build_run_publish(
 
 def _claim(store, job_id: str) -> dict:
     from prefect import runtime
+    from prefect.utilities.urls import url_for
 
-    fields = {"flow_run_id": str(runtime.flow_run.id), "flow_run_url": runtime.flow_run.ui_url,
+    # url_for, not runtime.flow_run.ui_url: that one says /flow-runs/flow-run/, a page the UI does not have.
+    fields = {"flow_run_id": str(runtime.flow_run.id), "flow_run_url": url_for("flow-run", obj_id=runtime.flow_run.id),
               "deployment_id": str(runtime.deployment.id) if runtime.deployment.id else None,
               "parameters": dict(runtime.flow_run.parameters)}
     try:

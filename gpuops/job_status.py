@@ -28,8 +28,8 @@ def check_job_id(sha: str) -> str:
     """The job id of a commit SHA (7 to 40 hex digits), lower-cased; anything else is bad input."""
     text = (sha or "").strip()
     if not _SHA.fullmatch(text):
-        raise BadInput(f"--sha {sha!r}: a job id is a git commit SHA of 7 to 40 hex digits "
-                       "(Fix: pass `git rev-parse HEAD` or its short form)")
+        raise BadInput(f"sha (--sha) {sha!r} is not a commit SHA (the job id). Fix: pass 7 to 40 hex digits, "
+                       "e.g. --sha $(git rev-parse HEAD).")
     return text.lower()
 
 

@@ -3,22 +3,14 @@ check the repository out at the job's commit and install it, every line of it lo
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 
-from gpuops.errors import BadInput, CheckFailed
+from gpuops.errors import CheckFailed
+from gpuops.job_status import check_job_id
 from gpuops.process_stream import Finished, LineSink, run_streaming
 
-SHA = re.compile(r"^[0-9a-f]{7,40}$")
 GIT_TIMEOUT_S = 600.0
-
-
-def check_sha(sha: str) -> str:
-    if not isinstance(sha, str) or not SHA.match(sha):
-        raise BadInput(f"sha (--sha) {sha!r} is not a commit id: pass 7 to 40 lowercase hex digits, "
-                       "e.g. --sha $(git rev-parse HEAD).")
-    return sha
 
 
 def install_command(checkout: Path) -> list[str] | None:
@@ -33,7 +25,7 @@ def checkout(repo: str, sha: str, dest: Path, on_line: LineSink) -> str:
 
     Both runtimes start here: the source runtime installs the tree, the container runtime builds it.
     """
-    check_sha(sha)
+    sha = check_job_id(sha)
     if shutil.which("git") is None:
         raise CheckFailed("git is not installed on this worker: the pipeline's build needs it.")
     if dest.exists():

@@ -117,12 +117,17 @@ class Worker:
         """Until the server has seen the worker's heartbeat on the pool: only then does a run get picked up."""
         from prefect.client.orchestration import get_client
 
+        from datetime import datetime, timedelta, timezone
+
+        # A worker of an earlier run may still be listed: only a heartbeat from now on is ours.
+        since = datetime.now(timezone.utc) - timedelta(seconds=1)
         deadline = time.monotonic() + timeout_s
         with get_client(sync_client=True) as client:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"the worker exited with {self.proc.returncode}: see {self.log_path}")
-                if client.read_workers_for_work_pool(self.pool):
+                if any(w.last_heartbeat_time and w.last_heartbeat_time >= since
+                       for w in client.read_workers_for_work_pool(self.pool)):
                     return
                 time.sleep(0.5)
         raise TimeoutError(f"the worker on {self.pool} did not report within {timeout_s:.0f} s: see {self.log_path}")

@@ -1,4 +1,5 @@
-"""`make demo`: the GPU migration on the local stack (Prefect on SQLite + the Cloud Run emulator)."""
+"""`make demo`: the GPU migration on the local stack (Prefect on SQLite + the Cloud Run emulator), then one
+build → run → publish pipeline (gpuops_cli/demo_pipeline.py)."""
 from __future__ import annotations
 
 import argparse
@@ -8,22 +9,15 @@ import os
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from gpuops.stack import PrefectServer
+from gpuops_cli.demo_output import DemoFailed, expect, say, step
 
 PROJECT, REGION, SERVICE = "nca-toolkit-438301", "us-central1", "no-code-architects-toolkit"
 # Short windows so the demo takes a minute; production defaults are 30 s windows of 30 requests.
 CANARY = {"window_s": 1.0, "probe_requests": 10, "min_requests": 5}
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def step(title: str) -> None:
-    say(f"\n== {title}")
 
 
 @contextmanager
@@ -35,16 +29,6 @@ def quiet(logger_name: str):
         yield
     finally:
         logger.setLevel(level)
-
-
-class DemoFailed(RuntimeError):
-    pass
-
-
-def expect(condition: bool, what: str) -> None:
-    if not condition:
-        raise DemoFailed(what)
-    say(f"   ok: {what}")
 
 
 def start_stack(workdir: Path):
@@ -226,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     # A kill (not only Ctrl-C) still stops the stack: the server runs in its own process group.
     signal.signal(signal.SIGTERM, _interrupt)
     prefect, emulator = start_stack(workdir)
+    pipeline_stand_ins = ExitStack()
     try:
         summary = run_describe()
         run_create_jobs()
@@ -233,7 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         run_failing_canary()
         run_migration()
         run_cleanup_dry_run()
+        from gpuops_cli import demo_pipeline
+
+        stack = demo_pipeline.start_pipeline_stack(workdir, pipeline_stand_ins)
+        job = demo_pipeline.run_pipeline(workdir, stack)
+        page = demo_pipeline.render_dashboard(workdir, stack)
         report(prefect, summary)
+        demo_pipeline.report(job, page, stack)
         say("\nDemo finished: every step did what it says.")
         if args.keep:
             say(f"Stack kept running: the Prefect UI is at {prefect.ui_url}; Ctrl-C stops it.")
@@ -252,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
                 for handler in logging.getLogger(name).handlers:
                     handler.flush()
         finally:  # whatever happened, leave no server or workload process behind
-            say(f"\nStopping the Prefect server ({prefect.ui_url}) and the Cloud Run emulator ({emulator.url}).")
+            say(f"\nStopping the worker, the pipeline's stand-ins, the Prefect server ({prefect.ui_url}) and the "
+                f"Cloud Run emulator ({emulator.url}).")
+            pipeline_stand_ins.close()
             emulator.stop()
             prefect.stop()
             say("Stopped the Prefect server and the emulator.")
