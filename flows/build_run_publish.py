@@ -11,6 +11,7 @@ same job id while one is active is refused, so the same job never runs twice at 
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -54,6 +55,9 @@ def build(store, checked: dict, job_id: str, image_repo: Optional[str], registry
     except BaseException as exc:
         store.update(job_id, lambda d: _stage_failed(d, "build", exc))
         raise
+    finally:
+        # The run checks out its own copy where the GPU is; this one only proved the commit builds.
+        shutil.rmtree(dest, ignore_errors=True)
     store.update(job_id, lambda d: job_status.transition(d, "build", job_status.SUCCEEDED, _now(),
                                                         imageUri=built.get("imageUri")))
     return built

@@ -185,3 +185,28 @@ def test_bad_input_is_refused_before_anything_is_written(pipeline, capsys):
     with pytest.raises(BadInput, match="runtime"):
         run(pipeline, sha, runtime="vm")
     assert pipeline.s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
+
+
+def test_a_run_no_worker_starts_is_cancelled_at_the_bound_and_the_job_says_why(pipeline):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    from flows.run_app import run_app
+    from gpuops.stack import deploy_here
+
+    idle = f"idle-pool-{uuid.uuid4().hex[:6]}"  # a pool nothing polls
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=idle, type="process"))
+    deploy_here(run_app, idle, idle)
+    sha = make_app_repo(pipeline.repo)
+
+    with pytest.raises(CheckFailed, match="no worker started run-app within 3 s"):
+        run(pipeline, sha, run_deployment_name=f"run-app/{idle}", run_timeout_s=3)
+
+    doc = pipeline.versions(sha)[-1]
+    assert (doc["build"]["status"], doc["run"]["status"]) == ("Succeeded", "Failed")
+    assert "prefect worker start --pool" in doc["run"]["error"]
+    with get_client(sync_client=True) as client:
+        (left,) = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[idle])))
+    assert left.state.name in ("Cancelling", "Cancelled")  # it will not start later and race a re-run
