@@ -28,6 +28,7 @@ bench: sync
 	$(VENV)/bin/python benchmarks/describe_create_jobs.py
 	$(VENV)/bin/python benchmarks/canary_rollback_time.py
 	$(VENV)/bin/python benchmarks/cli_startup.py
+	$(VENV)/bin/python benchmarks/pipeline_log_latency.py
 
 clean:
 	rm -rf $(VENV) .uv-bootstrap .gpuops
