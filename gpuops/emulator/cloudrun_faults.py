@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from google.cloud import run_v2
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from .fault_book import FaultBook
+from .fault_book import FaultBook, FaultSpec
 from .cloudrun_common import HTTP_STATUS_NAMES, ApiError, check_json_int, check_json_type, invalid, show
 
 FAULT_MODES = ("before", "after", "race")
@@ -20,7 +20,7 @@ RACE_KINDS = {"services": run_v2.Service.pb(), "jobs": run_v2.Job.pb()}
 
 
 @dataclass
-class Fault:
+class Fault(FaultSpec):
     """An injected fault: matches a method and a path regex (re.search), fires `times` times
     once `skip` matching requests have gone through untouched (e.g. fail the third PATCH).
 
@@ -39,26 +39,19 @@ class Fault:
     resource first, so the create gets 409 ALREADY_EXISTS. `status` and `message` are unused.
     """
 
-    method: str = "*"
-    path: str = ".*"
-    status: int = 503
-    times: int = 1
-    mode: str = "before"
-    message: str = ""
-    race: dict | None = None
-    skip: int = 0
-    id: int = 0
-    fired: int = 0
-    skipped: int = 0
+    MODES = FAULT_MODES
 
-    def __post_init__(self) -> None:
+    race: dict | None = None
+
+    def check(self) -> None:
+        # POST /emulator/v1/faults: each wrong field is refused by name (400 INVALID_ARGUMENT), in this order,
+        # before FaultSpec upper-cases, compiles or compares it.
         check_json_type("fault method", self.method, str)
-        self.method = self.method.upper()
-        if self.method not in FAULT_METHODS:
-            raise invalid(f"fault method must be one of {FAULT_METHODS}, got '{self.method}'")
+        if self.method.upper() not in FAULT_METHODS:
+            raise invalid(f"fault method must be one of {FAULT_METHODS}, got '{self.method.upper()}'")
         check_json_type("fault path", self.path, str)
         try:
-            self._regex = re.compile(self.path)
+            re.compile(self.path)
         except re.error as exc:
             raise invalid(f"fault path is not a valid regular expression: {exc}") from exc
         check_json_int("fault status", self.status, 400, 599)
@@ -72,16 +65,10 @@ class Fault:
         if self.race is not None:
             check_race_patch(self.race)
 
-    def matches(self, method: str, path: str) -> bool:
-        return self.method in ("*", method.upper()) and self._regex.search(path) is not None
-
     def error(self) -> ApiError:
         status_name = HTTP_STATUS_NAMES.get(self.status, "UNKNOWN")
         message = self.message or f"Injected fault ({self.mode}): {status_name}"
         return ApiError(self.status, message, status_name)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
 
 FAULT_FIELDS = ("method", "path", "status", "times", "mode", "message", "race", "skip")

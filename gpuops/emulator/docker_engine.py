@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from .fault_book import FaultBook
+from .fault_book import FaultBook, FaultSpec
 from .loopback_server import LoopbackServer
 
 DOCKER_EMULATOR_LABEL = "gpuops local Docker Engine stand-in \u2014 not a Docker engine: nothing is built or pushed"
@@ -28,31 +28,15 @@ FAILING_RUN = re.compile(r"^RUN\s+false\s*$", re.I)
 
 
 @dataclass
-class EngineFault:
+class EngineFault(FaultSpec):
     """Answer `status` to requests matching `method` and the path regex (the /v1.xx prefix removed), `times`
     times once `skip` matching requests went through. mode "http": the engine answers `status` with
     {"message"}; "stream": a push streams its first lines, then the registry's error naming `status`, in the
     stream, as dockerd relays a registry's 5xx or 429."""
 
-    method: str = "*"
-    path: str = ".*"
+    MODES = ("http", "stream")
+
     status: int = 500
-    times: int = 1
-    mode: str = "http"
-    skip: int = 0
-    message: str = ""
-    id: int = 0
-    fired: int = 0
-    skipped: int = 0
-
-    def __post_init__(self) -> None:
-        self.method = self.method.upper()
-        self._regex = re.compile(self.path)
-        if self.mode not in ("http", "stream") or not 400 <= self.status <= 599 or self.times < 1:
-            raise ValueError(f"bad fault: mode {self.mode!r}, status {self.status}, times {self.times}")
-
-    def matches(self, method: str, path: str) -> bool:
-        return self.method in ("*", method) and self._regex.search(path) is not None
 
     def text(self) -> str:
         return self.message or f"injected fault: HTTP {self.status}"

@@ -1,15 +1,68 @@
 """Injected faults and the request log, as every gpuops emulator keeps them (behind one lock).
 
 A fault matches a method and a path regex, lets `skip` matching requests through, then fires
-`times` times. Each emulator brings its own fault type (what a fault may do differs); the book
-only stores, matches and counts.
+`times` times. Every emulator's fault type is a FaultSpec keeping only what it adds (what a fault
+may do differs: its modes, headers, a race); the book only stores, matches and counts.
 """
 from __future__ import annotations
 
 import itertools
 import re
 import threading
-from typing import Any, Callable, Generic, Protocol, TypeVar
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, ClassVar, Generic, Protocol, TypeVar
+
+
+class _FirstMode:
+    # The default of FaultSpec.mode: no caller nor JSON body can pass it, so an explicit null or ""
+    # is still refused as a bad mode rather than taken for the default.
+    def __repr__(self) -> str:
+        return "MODES[0]"
+
+
+FIRST_MODE: Any = _FirstMode()
+
+
+@dataclass
+class FaultSpec:
+    """Answer `status` (with `message`, or the emulator's own text) to requests matching `method` ("*": any)
+    and the path regex (re.search), `times` times once `skip` matching requests went through. What `mode`
+    does is the emulator's: one of its MODES, the first by default. id, fired and skipped are the book's.
+
+    A subclass adds its own fields (after these) and may refuse bad input first in `check`, naming the
+    field; the checks here only say the fault is bad.
+    """
+
+    MODES: ClassVar[tuple[str, ...]] = ("before", "after")
+
+    method: str = "*"
+    path: str = ".*"
+    status: int = 503
+    times: int = 1
+    mode: str = FIRST_MODE
+    skip: int = 0
+    message: str = ""
+    id: int = 0
+    fired: int = 0
+    skipped: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode is FIRST_MODE:
+            self.mode = self.MODES[0]
+        self.check()
+        self.method = self.method.upper()
+        self._regex = re.compile(self.path)
+        if self.mode not in self.MODES or not 400 <= self.status <= 599 or self.times < 1:
+            raise ValueError(f"bad fault: mode {self.mode!r}, status {self.status}, times {self.times}")
+
+    def check(self) -> None:
+        """Refuse bad input before it is used; nothing more here."""
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.method in ("*", method.upper()) and self._regex.search(path) is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
 
 class Matching(Protocol):

@@ -7,12 +7,12 @@ import json
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .hf_hub_store import REPO_TYPES, HubError, HubStore
-from .fault_book import FaultBook
+from .fault_book import FaultBook, FaultSpec
 from .loopback_server import LoopbackServer
 
 HF_EMULATOR_LABEL = "gpuops local Hugging Face Hub emulator \u2014 not huggingface.co"
@@ -26,37 +26,17 @@ WRITE_ROUTES = re.compile(r"^/api/(repos/create|[a-z]+s/[^/]+/[^/]+/(preupload|c
 
 
 @dataclass
-class HubFault:
+class HubFault(FaultSpec):
     """Answer `status` (with `headers`, e.g. {"Retry-After": "1"}) to requests matching `method` and the
     path regex, `times` times once `skip` matching requests went through. mode "before": nothing changes;
     "after": the request is applied, then its answer is replaced by the error (a lost answer)."""
 
-    method: str = "*"
-    path: str = ".*"
-    status: int = 503
-    times: int = 1
+    MODES = ("before", "after")
+
     headers: dict[str, str] = field(default_factory=dict)
-    mode: str = "before"
-    skip: int = 0
-    message: str = ""
-    id: int = 0
-    fired: int = 0
-    skipped: int = 0
-
-    def __post_init__(self) -> None:
-        self.method = self.method.upper()
-        self._regex = re.compile(self.path)
-        if self.mode not in ("before", "after") or not 400 <= self.status <= 599 or self.times < 1:
-            raise ValueError(f"bad fault: mode {self.mode!r}, status {self.status}, times {self.times}")
-
-    def matches(self, method: str, path: str) -> bool:
-        return self.method in ("*", method) and self._regex.search(path) is not None
 
     def error(self) -> HubError:
         return HubError(self.status, self.message or f"Injected fault ({self.mode}): HTTP {self.status}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
 
 @dataclass
