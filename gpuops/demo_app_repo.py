@@ -5,6 +5,7 @@ landed on, and writes `result.json` and a README into `$GPUOPS_OUTPUT_DIR`: what
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -36,13 +37,17 @@ print("app: wrote result.json", flush=True)
 '''
 # No build backend and no dependencies: `uv sync` needs no index, and plain Python can run it.
 PYPROJECT = '[project]\nname = "gpuops-demo-app"\nversion = "0.1.0"\nrequires-python = ">=3.11"\ndependencies = []\n'
+# What `uv lock` writes for it (no dependencies): `uv sync --frozen` then makes .venv without an index.
+UV_LOCK = ('version = 1\nrevision = 5\nrequires-python = ">=3.11"\n\n[[package]]\nname = "gpuops-demo-app"\n'
+           'version = "0.1.0"\nsource = { virtual = "." }\n')
 DOCKERFILE = 'FROM python:3.11-slim\nWORKDIR /app\nCOPY . .\nCMD ["python", "main.py"]\n'
 
 
 def make_app_repo(path: Path, *, broken_build: bool = False) -> str:
     """Create (or add a commit to) the app's repository at `path`; returns the new commit's SHA.
 
-    `broken_build` commits a uv.lock that `uv sync --frozen` refuses, so the build stage fails.
+    The app is a uv project with a lock, so the source runtime's `uv sync --frozen` really runs (uv must
+    be on the PATH: `uv_dir()`). `broken_build` commits a uv.lock that uv refuses, so the build fails.
     """
     path.mkdir(parents=True, exist_ok=True)
     if not (path / ".git").exists():
@@ -50,13 +55,19 @@ def make_app_repo(path: Path, *, broken_build: bool = False) -> str:
     (path / "main.py").write_text(MAIN_PY)
     (path / "pyproject.toml").write_text(PYPROJECT)
     (path / "Dockerfile").write_text(DOCKERFILE)
-    if broken_build:
-        (path / "uv.lock").write_text("this is not a lock file\n")
-    elif (path / "uv.lock").exists():
-        (path / "uv.lock").unlink()
+    (path / "uv.lock").write_text("this is not a lock file\n" if broken_build else UV_LOCK)
     _git(path, "add", "--all")
     _git(path, "commit", "--quiet", "--allow-empty", "-m", "broken build" if broken_build else "demo app")
     return _git(path, "rev-parse", "HEAD").strip()
+
+
+def uv_dir() -> str | None:
+    """The folder holding `uv`: on the PATH, else the one `make` bootstrapped into the checkout."""
+    found = shutil.which("uv")
+    if found:
+        return str(Path(found).parent)
+    bootstrapped = Path(__file__).resolve().parents[1] / ".uv-bootstrap" / "bin" / "uv"
+    return str(bootstrapped.parent) if bootstrapped.exists() else None
 
 
 def _git(path: Path, *args: str) -> str:

@@ -108,7 +108,10 @@ class Worker:
         log = open(self.log_path, "ab")
         command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool, "--type",
                    self.worker_type, "--limit", "4", "--prefetch-seconds", "5"]
-        self.proc = subprocess.Popen(command, env={**os.environ, **(self.env or {})}, stdout=log,
+        # A local worker polls every 2 s, not Prefect's 10: a run starts seconds sooner (benchmarks/pipeline_log_latency.py
+        # measured 6-12 s of waiting for the next poll at the default).
+        env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "2", **(self.env or {})}
+        self.proc = subprocess.Popen(command, env=env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_until_polling(timeout_s)
         return self

@@ -32,6 +32,7 @@ def start_pipeline_stack(workdir: Path, cleanup: ExitStack) -> dict:
 
     from flows.run_app import run_app
     from gpuops.emulator.fake_nvidia_smi import install_fake_nvidia_smi, recorded_reading
+    from gpuops.demo_app_repo import uv_dir
     from gpuops.emulator.hf_hub_api import HfHubEmulator
     from gpuops.stack import Worker, deploy_here
 
@@ -58,9 +59,11 @@ def start_pipeline_stack(workdir: Path, cleanup: ExitStack) -> dict:
             pass
     deploy_here(run_app, "run-app", POOL)
     install_fake_nvidia_smi(workdir / "fake-gpu-bin", recorded_reading("l4"))
+    if uv_dir():  # the source runtime's `uv sync`, here and on the worker
+        os.environ["PATH"] = uv_dir() + os.pathsep + os.environ.get("PATH", "")
     worker_env = {**bucket_env, "HF_ENDPOINT": hub.url, "HF_TOKEN": DEMO_HF_TOKEN, "GPUOPS_EMULATED_GPU": "1",
                   "PATH": os.pathsep.join([str(workdir / "fake-gpu-bin"), str(Path(sys.executable).parent),
-                                           os.environ.get("PATH", "")]),
+                                           uv_dir() or "", os.environ.get("PATH", "")]),
                   "GPUOPS_WORKDIR": str(workdir / "worker-jobs")}
     cleanup.enter_context(Worker(POOL, workdir / "worker.log", env=worker_env))
     say(f"   Prefect worker polling {POOL} (its flow runs see an EMULATED L4); log {workdir / 'worker.log'}")

@@ -181,7 +181,7 @@ def fresh_hf_hub(hf_hub_emulator, monkeypatch):
 
 class S3StandIn:
     """moto's S3 served by ThreadedMotoServer on 127.0.0.1, with a thin WSGI layer in front that
-    (1) makes each write atomic, as S3 and R2 make a conditional put (moto checks If-Match, then
+    (1) makes each request atomic, as S3 and R2 make a conditional put (moto checks If-Match, then
     writes, with no lock between), and (2) answers the next matching requests with an injected
     error (`fail_next`), so transient faults travel over real HTTP to the real boto3 client; with
     `after=True` the request is served first and only its answer is lost."""
@@ -226,8 +226,8 @@ class S3StandIn:
             body = f"<Error><Code>{fault[2]}</Code><Message>injected by the test</Message></Error>".encode()
             start(f"{fault[1]} Injected", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
             return [body]
-        if method == "GET" or method == "HEAD":
-            return inner(environ, start)
+        # Reads too: moto answers a GET racing a PUT of the same key with a 500 (its value's file is closed
+        # under it), which S3 and R2 never do.
         with self._lock:
             return list(inner(environ, start))
 
