@@ -501,3 +501,22 @@ def test_concurrent_creates_are_all_applied(run):
         revisions = list(pool.map(create, range(16)))
     assert len(set(revisions)) == 16
     assert len(list(run.services.list_services(parent=PARENT))) == 16
+
+
+def test_an_idle_keep_alive_connection_outlives_a_five_second_poll(emu):
+    """prefect-gcp's worker polls an execution every 5 s over one keep-alive connection (httplib2);
+    uvicorn closes idle connections after 5 s by default, so a poll racing that close was reset
+    (ConnectionResetError, not retried). The emulator keeps idle connections open, as Google's
+    front end does for much longer than a poll interval."""
+    import http.client
+    import time
+
+    conn = http.client.HTTPConnection("127.0.0.1", emu.port, timeout=5)
+    try:
+        for pause in (0, 5.5):
+            time.sleep(pause)
+            conn.request("GET", "/emulator/v1/info")
+            response = conn.getresponse()
+            assert response.status == 200 and json.loads(response.read())["emulator"] == "cloud-run"
+    finally:
+        conn.close()
