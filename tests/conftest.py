@@ -99,7 +99,7 @@ def workload_emulator(tmp_path_factory):
 
     bin_dir = str(tmp_path_factory.mktemp("fake-gpu-bin"))
     use_nvidia_smi_reading(bin_dir, "l4")
-    with CloudRunEmulator(run_workloads=True, extra_path=[bin_dir], extra_env={"GPUOPS_EMULATED": "1"},
+    with CloudRunEmulator(run_workloads=True, extra_path=[bin_dir], extra_env={"GPUOPS_EMULATED_GPU": "1"},
                           startup_timeout_s=15) as emulator:
         emulator.fake_smi_dir = bin_dir
         yield emulator

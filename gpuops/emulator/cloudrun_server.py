@@ -48,16 +48,6 @@ class CloudRunEmulator(LoopbackServer):
     # ------------------------------------------------------------ lifecycle
 
     name = "Cloud Run emulator"
-    # Idle keep-alive connections stay open this long (uvicorn's default is 5 s): prefect-gcp's worker
-    # polls an execution every 5 s over one httplib2 connection, and a close racing a poll resets it
-    # (ConnectionResetError, which neither httplib2 nor the worker retries). Google keeps them far longer.
-    keep_alive_s = 120
-
-    def start(self, timeout: float = 15.0):
-        super().start(timeout)
-        self._server.config.timeout_keep_alive = self.keep_alive_s  # read per accepted connection
-        return self
-
     def _before_start(self) -> None:
         self.state.apply_initial_seed()
 

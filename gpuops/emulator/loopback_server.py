@@ -17,6 +17,10 @@ class LoopbackServer:
     """
 
     name = "emulator"
+    # Idle keep-alive connections stay open this long (uvicorn's default is 5 s, Google's far longer):
+    # prefect-gcp's worker polls an execution every 5 s over one httplib2 connection, and a close
+    # racing a poll resets it (ConnectionResetError, which neither httplib2 nor the worker retries).
+    keep_alive_s = 120
 
     def __init__(self, port: int = 0, host: str = LOOPBACK):
         if host != LOOPBACK:
@@ -50,7 +54,8 @@ class LoopbackServer:
         self._sock.bind((self.host, self._wanted_port))
         self.port = self._sock.getsockname()[1]
         self._before_start()
-        config = uvicorn.Config(self._app(), log_level="warning", access_log=False, lifespan="off")
+        config = uvicorn.Config(self._app(), log_level="warning", access_log=False, lifespan="off",
+                                timeout_keep_alive=self.keep_alive_s)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name=f"{self.name.replace(' ', '-')}-{self.port}", daemon=True)

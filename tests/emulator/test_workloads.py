@@ -120,7 +120,7 @@ def test_job_runs_the_sample_workload_and_its_output_is_readable(emu, clients, h
 def test_job_tasks_get_cloud_run_env_secret_placeholders_and_the_extra_path(emu, clients):
     script = (
         'echo "$CLOUD_RUN_JOB $CLOUD_RUN_EXECUTION $CLOUD_RUN_TASK_INDEX/$CLOUD_RUN_TASK_COUNT '
-        '$PLAIN $TOKEN $GPUOPS_EMULATED"; nvidia-smi'
+        '$PLAIN $TOKEN $GPUOPS_EMULATED_GPU"; nvidia-smi'
     )
     container = run_v2.Container(image="img:1", command=["sh", "-c", script], env=[
         run_v2.EnvVar(name="PLAIN", value="plain-value"),
