@@ -14,12 +14,15 @@ MAY_IMPORT: dict[str, set[str]] = {
     "gpuops": {"gpuops"},                                  # the library: planners, adapters
     "gpuops.emulator": {"gpuops", "gpuops.emulator"},      # local stand-ins, on top of the library
     "gpuops.rollout": {"gpuops", "gpuops.rollout"},        # the canary engine and backends, on the library
+    "gpuops.hub": {"gpuops", "gpuops.hub"},                # the hub: intake, outbox, routing, dispatch
     "blocks": {"gpuops", "blocks"},                        # Prefect Block classes
     "flows": {"gpuops", "gpuops.rollout", "blocks", "flows"},  # Prefect flows and tasks
-    "gpuops_cli": {"gpuops", "gpuops.emulator", "gpuops.rollout", "blocks", "flows", "gpuops_cli"},  # entry points
+    "gpuops_cli": {"gpuops", "gpuops.emulator", "gpuops.rollout", "gpuops.hub", "blocks", "flows",  # entry points
+                   "gpuops_cli"},
     "deployments": {"gpuops", "blocks", "flows", "deployments"},
     "workers": {"gpuops", "workers"},                      # worker types on prefect-gcp's (GPUOPS_CLOUD_RUN_API)
-    "benchmarks": {"gpuops", "gpuops.emulator", "gpuops.rollout", "blocks", "flows", "gpuops_cli", "benchmarks"},
+    "benchmarks": {"gpuops", "gpuops.emulator", "gpuops.rollout", "gpuops.hub", "blocks", "flows", "gpuops_cli",
+                   "benchmarks"},
 }
 # Known to the checker so that importing them is caught; nothing outside tests may import tests.
 OTHER_PROJECT_PACKAGES = {"tests"}
