@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from gpuops.errors import BadInput
+from gpuops.errors import BadInput, CouldNotRun
 
 
 def register(subparsers) -> None:
@@ -34,7 +34,7 @@ def serve(args) -> dict:
 
     from gpuops.hub.dispatcher import DispatchSettings, Dispatcher
     from gpuops.hub.intake_app import IntakeSettings, create_app
-    from gpuops.hub.outbox import open_outbox
+    from gpuops.hub.outbox import OutboxError, open_outbox
 
     if not 0 < args.port < 65536:
         raise BadInput(f"port (--port) {args.port} is not a TCP port: pass 1-65535")
@@ -51,6 +51,8 @@ def serve(args) -> dict:
         db = f"sqlite:///{os.path.abspath(db)}"  # a plain path is a SQLite file
     try:
         outbox = open_outbox(db)
+    except OutboxError as exc:  # a database that does not answer: could not run (exit 3)
+        raise CouldNotRun(f"the hub's outbox could not be opened: {exc}") from None
     except ValueError as exc:
         raise BadInput(f"db (--db / GPUOPS_HUB_DB): {exc}") from None
     dispatcher = Dispatcher(outbox, DispatchSettings(rate_per_s=args.rate_per_s, lease_s=args.lease_s)).start()
