@@ -131,6 +131,18 @@ class StatusStore:
             Bucket=self.bucket, Key=key, Body=body, ContentType="text/html; charset=utf-8"), backoff=self.backoff)
         return f"s3://{self.bucket}/{key}"
 
+    # --- other JSON documents (dead letters) --------------------------------------------------------
+
+    def put_new_json(self, key: str, doc: dict) -> bool:
+        """Write a JSON document at `key` unless one is there: True if written, False if it already was
+        (the first writer wins; a repeat never overwrites)."""
+        return self._put_new(key, _dump(doc), "application/json")
+
+    def read_json(self, key: str) -> dict | None:
+        """The JSON document at `key`, or None when there is none."""
+        found = self._get(key)
+        return None if found is None else json.loads(found[0])
+
     # --- one function per remote call ---------------------------------------------------------------
 
     def _get(self, key: str) -> tuple[bytes, str] | None:
