@@ -8,7 +8,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 WORK_POOLS_DIR = Path(__file__).resolve().parent / "work_pools"
 REQUIRED_KEYS = ("name", "type", "description", "base_job_template")
@@ -244,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
+    return with_api(lambda client: apply_pools(client, pools, update=args.update, dry_run=args.dry_run))
+
+
+def with_api(work: Callable[[Any], int]) -> int:
+    """Run `work(client)` against the Prefect API at PREFECT_API_URL once it answers; EXIT_ERROR, saying
+    why on stderr, when it is not set or does not answer."""
     from prefect.client.orchestration import get_client
     from prefect.settings import get_current_settings
 
@@ -262,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         if problem is not None:
             print(f"error: Prefect API at {api_url} is unreachable: {problem}", file=sys.stderr)
             return EXIT_ERROR
-        return apply_pools(client, pools, update=args.update, dry_run=args.dry_run)
+        return work(client)
 
 
 if __name__ == "__main__":
