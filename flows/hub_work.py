@@ -26,6 +26,7 @@ from flows.run_app import WITHHELD_FROM_APP, app_command
 from gpuops import dead_letter
 from gpuops.errors import BadInput, CheckFailed
 from gpuops.process_stream import run_streaming
+from gpuops.work_pool_backlog import pool_backlog
 
 RETRIES = 5  # the runbook: "retry 5回，失敗で DLQ へ"
 DEFAULT_RETRY_BASE_S = 10  # retries wait 10, 20, 40, 80, 160 s
@@ -185,20 +186,6 @@ GPU_POOLS = ["gpuops-cloud-run-gpu", "gpuops-kubernetes-gpu"]  # the hub's GPU r
 BACKLOG_THRESHOLD = 100  # the runbook's alert 4-2: gpu-tasks backlog > 100
 BACKLOG_HIGH = "gpuops.work-pool.backlog.high"
 BACKLOG_NORMAL = "gpuops.work-pool.backlog.normal"
-
-
-def pool_backlog(client, pool: str, now: datetime | None = None) -> int:
-    """Runs waiting in the pool: Scheduled (Late, AwaitingRetry too) and already due, none started yet."""
-    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterNextScheduledStartTime,
-                                                FlowRunFilterState, FlowRunFilterStateType, WorkPoolFilter,
-                                                WorkPoolFilterName)
-    from prefect.client.schemas.objects import StateType
-
-    due = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
-                        next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
-                            before_=now or datetime.now(timezone.utc)))
-    return client.count_flow_runs(flow_run_filter=due,
-                                  work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])))
 
 
 @flow(name="watch-gpu-backlog", persist_result=False)

@@ -137,22 +137,15 @@ class Dispatcher:
         if not self.settings.backlog_pool or time.monotonic() - self._backlog_read_at < self.settings.backlog_every_s:
             return
         self._backlog_read_at = time.monotonic()
+        from prefect.client.orchestration import get_client
+
+        from gpuops.work_pool_backlog import pool_backlog
+
         try:
-            self.cloud_run_backlog = pool_backlog(self.settings.backlog_pool)
+            with get_client(sync_client=True) as client:
+                self.cloud_run_backlog = pool_backlog(client, self.settings.backlog_pool)
         except Exception:  # noqa: BLE001  unknown backlog means no overflow, not a failed hub
             self.cloud_run_backlog = None
-
-
-def pool_backlog(pool: str) -> int:
-    """Late + scheduled flow runs waiting on a work pool (what the GKE overflow is judged on)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterStateName, FlowRunFilterState,
-                                                WorkPoolFilter, WorkPoolFilterName)
-
-    waiting = FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Scheduled", "Late"])))
-    with get_client(sync_client=True) as client:
-        return client.count_flow_runs(flow_run_filter=waiting,
-                                      work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])))
 
 
 def ensure_rate_limit(name: str, per_second: float) -> None:
