@@ -46,11 +46,13 @@ def stop_group(proc: subprocess.Popen | None) -> None:
 
 @dataclass
 class PrefectServer:
-    """`prefect server start` on SQLite under `home`; `api_url` is what PREFECT_API_URL takes."""
+    """`prefect server start` on SQLite under `home` (or on `database_url`); `api_url` is what PREFECT_API_URL takes."""
 
     home: Path
     port: int = 0
     proc: subprocess.Popen | None = None
+    # None: SQLite under `home`. Beyond one machine, PostgreSQL: postgresql+asyncpg://user@host:port/db
+    database_url: str | None = None
 
     @property
     def api_url(self) -> str:
@@ -66,6 +68,7 @@ class PrefectServer:
             "PREFECT_API_URL": self.api_url,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            **({"PREFECT_API_DATABASE_CONNECTION_URL": self.database_url} if self.database_url else {}),
         }
 
     def start(self, timeout_s: float = 90) -> "PrefectServer":

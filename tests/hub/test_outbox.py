@@ -246,3 +246,28 @@ def test_the_default_outbox_is_a_sqlite_file_in_the_state_dir(tmp_path, monkeypa
     with open_outbox("") as box:
         assert box.counts()["queued"] == 1
     assert (tmp_path / "hub" / "outbox.sqlite3").exists()
+
+
+def test_prefect_itself_runs_on_the_same_postgresql(postgres_server, tmp_path):
+    """Beyond one machine Prefect runs on PostgreSQL too (PREFECT_API_DATABASE_CONNECTION_URL): the server
+    starts on the cluster and creates flow runs with idempotency keys as on SQLite."""
+    import psycopg
+
+    from gpuops.stack import PrefectServer
+
+    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as admin:
+        admin.execute('CREATE DATABASE "prefect_on_pg"')
+    url = postgres_server.replace("postgresql://", "postgresql+asyncpg://") + "/prefect_on_pg"
+    server = PrefectServer(tmp_path / "prefect", database_url=url).start(timeout_s=180)
+    try:
+        import httpx
+
+        api = server.api_url
+        flow = httpx.post(f"{api}/flows/", json={"name": "pg-check"}, timeout=30).json()
+        runs = [httpx.post(f"{api}/flow_runs/", json={"flow_id": flow["id"], "idempotency_key": "same"},
+                           timeout=30).json()["id"] for _ in range(3)]
+        assert len(set(runs)) == 1
+        with psycopg.connect(f"{postgres_server}/prefect_on_pg") as db:
+            assert db.execute("SELECT count(*) FROM flow_run").fetchone()[0] == 1  # it really is in PostgreSQL
+    finally:
+        server.stop()
