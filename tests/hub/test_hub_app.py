@@ -380,3 +380,19 @@ def test_two_hubs_on_one_postgresql_outbox_dispatch_each_task_exactly_once(
     finally:
         for hub in hubs:
             hub.stop()
+
+
+def test_a_task_for_a_deployment_prefect_does_not_have_is_dead_lettered_with_the_fix(prefect_api, tmp_path):
+    """The dispatcher in this process, on a real outbox and the real server: refused for good is not retried."""
+    from gpuops.hub.dispatcher import Dispatcher
+    from gpuops.hub.outbox import NewTask, open_outbox
+
+    with open_outbox(f"sqlite:///{tmp_path / 'outbox.sqlite'}") as outbox:
+        task, _ = outbox.accept(NewTask(kind="task", deployment="process-file/no-such-deployment",
+                                        parameters={"task_id": "t", "input_uri": "gs://media/a.mp4"}, route="gpu"))
+        dispatcher = Dispatcher(outbox)
+        assert dispatcher.run_once() == 1
+        seen = outbox.get(task.id)
+        assert seen.state == "dead-lettered" and "process-file/no-such-deployment not found" in seen.last_error
+        assert "prefect deploy" in seen.last_error
+        assert dispatcher.run_once() == 0  # never claimed again
