@@ -27,7 +27,7 @@ from .cloudrun_common import (
     parse_query,
     to_json_dict,
 )
-from . import logging_api, monitoring_api
+from . import logging_api, monitoring_api, secret_manager_api
 from .cloudrun_control import handle_control
 from .cloudrun_ops import Probe, frozen
 from .router import Router, proxy
@@ -414,6 +414,9 @@ def _route(state: CloudRunState, method: str, path: str, query: list, body: str,
         return handle_v2(state, method, path, query, body, content_type)
     if path.startswith("/v3/"):  # the Cloud Monitoring emulation, on the same base URL
         return _faulted(state, method, path, query, lambda: monitoring_api.handle(state.served, method, path, query))
+    if path.startswith("/v1/"):  # the Secret Manager emulation, on the same base URL
+        return _faulted(state, method, path, query,
+                        lambda: secret_manager_api.handle(state.secrets, method, path, query, body, content_type))
     if path == "/" or path.startswith("/emulator/v1"):
         return handle_control(state, method, path if path != "/" else "/emulator/v1", body, info())
     return 404, ApiError(404, f"{EMULATOR_LABEL}: nothing is served at {path}", "NOT_FOUND").body()

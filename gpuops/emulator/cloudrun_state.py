@@ -17,6 +17,7 @@ from .cloudrun_faults import (FAULT_MODES, Fault, FaultBook, LoggedRequest, make
 from .cloudrun_jobs import ExecutionRunner, InstantSuccessRunner, JobStore
 from .cloudrun_ops import OperationStore
 from .monitoring_api import ServedRequests
+from .secret_manager_api import SecretStore
 from .cloudrun_services import ServiceStore
 from .cloudrun_store import Context, UriFn
 from .serving import RevisionProcesses
@@ -53,8 +54,9 @@ class CloudRunState:
         self.faults = FaultBook(make_fault)
         self.served = ServedRequests()  # what the router answered: the Monitoring emulation's data
         self.processes = ProcessTable()
+        self.secrets = SecretStore()  # the Secret Manager emulation; workloads read secretKeyRefs from it
         self.workload_options = options = workloads or WorkloadOptions()
-        env = WorkloadEnv(list(options.extra_path), dict(options.extra_env))
+        env = WorkloadEnv(list(options.extra_path), dict(options.extra_env), self.secrets.resolve)
         # Without run_workloads nothing is ever started: revisions stay records, jobs succeed at once.
         self.process_runner = ProcessRunner(env, self.processes) if options.run_workloads else None
         self.serving = RevisionProcesses(env, self.processes, self.services.mark_revision,
@@ -79,6 +81,7 @@ class CloudRunState:
         with self.lock:
             self.services.reset()
             self.jobs.reset()
+            self.secrets.reset()
             self.ops.reset()
             self.ops.polls_before_done = self._initial_polls
         self.stop_workloads()

@@ -97,7 +97,8 @@ class RevisionProcesses:
                   "K_REVISION": instance.short, "K_CONFIGURATION": Name.parse(service).id}
         try:
             instance.proc = Proc("revision", revision.name, command_line(container),
-                                 self.env.build(container, system), container.working_dir, log, instance.port)
+                                 self.env.build(container, system, revision.name), container.working_dir, log,
+                                 instance.port)
         except OSError as exc:
             instance.state, instance.reason = FAILED_TO_START, f"cannot run {command_line(container)}: {exc}"
             log.line(f"[gpuops emulator] {instance.reason}")

@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from google.protobuf.message import Message
 
@@ -69,13 +69,20 @@ def no_command_message(container: Message, what: str) -> str:
     )
 
 
-def container_env(container: Message) -> dict[str, str]:
-    """Plain values as given; a secretKeyRef becomes a visible placeholder (no Secret Manager here)."""
+# (project, secret, version) -> the secret's value, or None when the version is not there.
+SecretResolver = Callable[[str, str, str], "str | None"]
+
+
+def container_env(container: Message, resolve: SecretResolver | None = None, project: str = "") -> dict[str, str]:
+    """Plain values as given; a secretKeyRef gets the value the emulated Secret Manager holds for it, else a
+    visible placeholder (where Google would not start the container: the emulator shows what is missing)."""
     env: dict[str, str] = {}
     for var in container.env:
         if var.HasField("value_source"):
             ref = var.value_source.secret_key_ref
-            env[var.name] = SECRET_PLACEHOLDER.format(secret=ref.secret, version=ref.version or "latest")
+            version = ref.version or "latest"
+            value = resolve(project, ref.secret, version) if resolve is not None else None
+            env[var.name] = SECRET_PLACEHOLDER.format(secret=ref.secret, version=version) if value is None else value
         else:
             env[var.name] = var.value
     return env
@@ -87,13 +94,16 @@ class WorkloadEnv:
 
     extra_path: list[str] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
+    secrets: SecretResolver | None = None  # secretKeyRef values, from the emulated Secret Manager
 
-    def build(self, container: Message, system: dict[str, str]) -> dict[str, str]:
+    def build(self, container: Message, system: dict[str, str], resource: str = "") -> dict[str, str]:
+        """`resource`: the revision or task's full name (projects/P/...), whose project a short secret name is in."""
         env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
         path = os.pathsep.join([*map(str, self.extra_path), env.get("PATH", os.defpath)])
         env["PATH"] = path
         env.update(self.extra_env)
-        env.update(container_env(container))
+        project = resource.split("/")[1] if resource.startswith("projects/") else ""
+        env.update(container_env(container, self.secrets, project))
         env.update(system)  # Cloud Run sets these itself; a container cannot override them
         return env
 
@@ -304,8 +314,8 @@ class ProcessRunner:
             if run.cancelled:
                 return None, ""
             try:
-                proc = Proc("task", task.name, command_line(container), self.env.build(container, system),
-                            container.working_dir, log)
+                proc = Proc("task", task.name, command_line(container),
+                            self.env.build(container, system, task.name), container.working_dir, log)
             except OSError as exc:
                 message = f"[gpuops emulator] task {task.index}: cannot run {command_line(container)}: {exc}"
                 log.line(message)
