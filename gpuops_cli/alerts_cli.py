@@ -23,7 +23,7 @@ AUTOMATIONS_TIMEOUT_S = 300.0
 AUTOMATION_LINE = re.compile(r"^(?P<action>in sync|created|updated|would create|would update|differs|error)\s+"
                              r"(?P<rest>gpuops: .*)$")
 BAD_BLOCK = ("is not saved on this Prefect API", "<block-type-slug>/<name>", "cannot notify",
-             "name the notification block", "PREFECT_API_URL is not set")
+             "name the notification block")
 
 
 def register(subparsers) -> None:
@@ -116,9 +116,7 @@ def apply_automations(block: str, *, update: bool = False, dry_run: bool = False
     automations = parse_automations(done.stdout)
     problem = (done.stderr.strip().splitlines() or [""])[-1].removeprefix("error: ")
     if done.returncode == 1 and not automations:  # refused before any automation was read
-        if any(marker in problem for marker in BAD_BLOCK):
-            raise BadInput(f"notification_block (--notification-block) {block!r}: {problem}")
-        raise CouldNotRun(f"the Prefect automations could not be applied: {problem or 'exit 1'}")
+        raise refusal(block, problem)
     errors = [a for a in automations if a["action"] == "error"]
     if errors:
         raise CouldNotRun("the Prefect API refused automation(s): " + "; ".join(a["said"] for a in errors)
@@ -130,6 +128,16 @@ def apply_automations(block: str, *, update: bool = False, dry_run: bool = False
     return {"prefect_api": api, "notification_block": block, "automations": automations,
             "counts": dict(sorted(counts.items())), "ok": "differs" not in counts,
             "applied_by": f"python -m {AUTOMATIONS_MODULE} (exit {done.returncode})"}
+
+
+def refusal(block: str, problem: str) -> Exception:
+    """deployments/automations.py's last stderr line, when it refused before reading any automation, as the
+    error gpuops raises: bad input for a missing API setting or block, else could not run (API unreachable)."""
+    if "PREFECT_API_URL is not set" in problem:
+        return BadInput(f"{problem}; or pass --no-automations to apply the Cloud Monitoring policies only.")
+    if any(marker in problem for marker in BAD_BLOCK):
+        return BadInput(f"notification_block (--notification-block) {block!r}: {problem}")
+    return CouldNotRun(f"the Prefect automations could not be applied: {problem or 'exit 1'}")
 
 
 def parse_automations(stdout: str) -> list[dict]:

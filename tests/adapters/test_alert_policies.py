@@ -259,6 +259,18 @@ def test_parse_automations_reads_each_line_of_deployments_automations():
         ("would-create", "gpuops: GPU pool backlog over 100 for 10 minutes")]
 
 
+def test_a_refusal_of_deployments_automations_is_bad_input_or_could_not_run():
+    from gpuops.errors import CouldNotRun
+    from gpuops_cli.alerts_cli import refusal
+
+    unset = refusal("custom-webhook/a", "PREFECT_API_URL is not set; point it at the Prefect API to apply to")
+    assert isinstance(unset, BadInput) and "--no-automations" in str(unset)
+    missing = refusal("custom-webhook/a", "notification block 'custom-webhook/a' is not saved on this Prefect API")
+    assert isinstance(missing, BadInput) and "--notification-block" in str(missing)
+    down = refusal("custom-webhook/a", "Prefect API at http://127.0.0.1:1/api is unreachable: refused")
+    assert isinstance(down, CouldNotRun) and "unreachable" in str(down)
+
+
 @pytest.fixture
 def automations_server(prefect_api, monkeypatch):
     """The session's Prefect server with a notification block and none of gpuops' automations; cleaned after."""
