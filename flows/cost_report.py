@@ -53,7 +53,8 @@ def cost_report(month: Optional[str] = None, budget_usd: Optional[float] = None,
     """GPU and CPU seconds and their cost for a calendar month (UTC), from every flow run that ran in it.
 
     Args:
-        month: YYYY-MM; default the current month.
+        month: YYYY-MM, or `previous` (the month before the report time's, for a schedule on the 1st);
+            default the current month.
         budget_usd: compare the month's projection with this; over it: notify and say so.
         now: the report time (default now): figures stop there and the projection scales from it.
         notification_block: a Prefect notification block (`custom-webhook/n8n`, `slack-webhook/ops`) told when the

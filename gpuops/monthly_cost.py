@@ -57,13 +57,19 @@ def utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
+PREVIOUS = "previous"  # the month before the report time's: what a schedule on the 1st reports
+
+
 def month_window(month: str | None, now: datetime) -> Window:
-    """The month asked for (`YYYY-MM`, default the month of `now`), refused when malformed or not yet begun."""
+    """The month asked for (`YYYY-MM`, `previous`, default the month of `now`), refused when malformed or not
+    yet begun."""
     now = utc(now)
     text = month if month is not None else f"{now.year:04d}-{now.month:02d}"
+    if month == PREVIOUS:
+        text = f"{now.year:04d}-{now.month - 1:02d}" if now.month > 1 else f"{now.year - 1:04d}-12"
     found = MONTH.match(text) if isinstance(text, str) else None
     if not found or not 1 <= int(found[2]) <= 12 or int(found[1]) < 1970:
-        raise params.bad("month", month, "is not a calendar month YYYY-MM", "pass e.g. --month 2026-11")
+        raise params.bad("month", month, "is not a calendar month YYYY-MM (or previous)", "pass e.g. --month 2026-11")
     year, number = int(found[1]), int(found[2])
     start = datetime(year, number, 1, tzinfo=timezone.utc)
     end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=timezone.utc)

@@ -7,7 +7,7 @@ from gpuops.errors import BadInput
 def register(subparsers) -> None:
     p = subparsers.add_parser("cost-report", help="GPU and CPU seconds and their cost for a month, per deployment "
                                                   "and work pool, from the Prefect API (flow cost-report)")
-    p.add_argument("--month", metavar="YYYY-MM", help="calendar month in UTC (default: this month)")
+    p.add_argument("--month", metavar="YYYY-MM", help="calendar month in UTC, or `previous` (default: this month)")
     p.add_argument("--budget", metavar="USD", help="compare the month's projection with this; over it: exit 1 "
                                                    "and notify through --notification-block")
     p.add_argument("--notification-block", metavar="TYPE/NAME",

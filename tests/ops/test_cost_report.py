@@ -171,7 +171,14 @@ def test_month_windows(month, days):
     assert window.days == days and window.start.day == 1 and window.end.day == 1 and window.elapsed_fraction == 1
 
 
-@pytest.mark.parametrize("month", ["2026-13", "2026-00", "2026-1", "26-01", "april", ""])
+@pytest.mark.parametrize("now, month", [(datetime(2026, 12, 1, 1, tzinfo=timezone.utc), "2026-11"),
+                                        (datetime(2027, 1, 1, 1, tzinfo=timezone.utc), "2026-12")])
+def test_previous_is_the_month_before_the_report_time(now, month):
+    window = monthly_cost.month_window("previous", now)
+    assert window.month == month and window.elapsed_fraction == 1
+
+
+@pytest.mark.parametrize("month", ["2026-13", "2026-00", "2026-1", "26-01", "april", "", "Previous"])
 def test_a_malformed_month_is_refused_naming_the_flag(month):
     with pytest.raises(BadInput, match=r"month \(--month\).*pass e\.g\. --month 2026-11"):
         monthly_cost.check_request(month, None, NOW)
