@@ -101,6 +101,22 @@ def _ec2_rate(key: str, ec2: dict, instance_type: str, market: str) -> dict:
             "source": entry["source"], "as_of": entry["as_of"], "basis": basis}
 
 
+def check_pool_prices(pool_prices, field: str = "pool_prices", table: dict | None = None) -> dict | None:
+    """Work pool -> price key overrides, each key one this table prices; else BadInput naming `field`."""
+    from gpuops import params
+
+    if pool_prices is None:
+        return None
+    if not isinstance(pool_prices, dict):
+        raise params.bad(field, pool_prices, "is not a mapping of work pool to price key",
+                         'pass e.g. {"my-gpu-pool": "cloud_run/nvidia-l4"}')
+    known = price_keys(table)
+    for pool, key in pool_prices.items():
+        if key not in known:
+            raise params.bad(field, f"{pool}={key}", "names no price", "use one of " + ", ".join(known))
+    return pool_prices
+
+
 def pool_price(pool: str | None, table: dict | None = None, overrides: dict | None = None) -> dict:
     """Which price applies to runs on a work pool: {"pool", "price" (a key or None), "kind", "why"}."""
     table = table or price_table()

@@ -86,15 +86,7 @@ def check_request(month: Any, budget_usd: Any, now: datetime | None = None, pool
     window = month_window(month, now or datetime.now(timezone.utc))
     budget = None if budget_usd is None else float(
         params.number("budget" if cli else "budget_usd", budget_usd, low=0, unit="USD", example="500"))
-    field = "pool_price" if cli else "pool_prices"
-    if pool_prices is not None:
-        if not isinstance(pool_prices, dict):
-            raise params.bad(field, pool_prices, "is not a mapping of work pool to price key",
-                             'pass e.g. {"my-gpu-pool": "cloud_run/nvidia-l4"}')
-        known = cost.price_keys()
-        for pool, key in pool_prices.items():
-            if key not in known:
-                raise params.bad(field, f"{pool}={key}", "names no price", "use one of " + ", ".join(known))
+    cost.check_pool_prices(pool_prices, "pool_price" if cli else "pool_prices")
     return window, budget
 
 

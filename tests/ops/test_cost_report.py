@@ -200,6 +200,8 @@ def test_a_bad_budget_is_refused_naming_the_flag(budget):
 def test_pool_prices_must_name_known_prices():
     with pytest.raises(BadInput, match="ec2/g4dn.xlarge/spot"):
         monthly_cost.check_request("2019-04", None, NOW, {"my-pool": "ec2/p5.48xlarge/on_demand"})
+    with pytest.raises(BadInput, match=r"pool_prices \(--pool-prices\) 'cloud_run/nvidia-l4' is not a mapping"):
+        monthly_cost.check_request("2019-04", None, NOW, "cloud_run/nvidia-l4")
 
 
 @pytest.mark.parametrize("parameters, records, price", [
