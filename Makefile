@@ -29,6 +29,7 @@ bench: sync
 	$(VENV)/bin/python benchmarks/canary_rollback_time.py
 	$(VENV)/bin/python benchmarks/cli_startup.py
 	$(VENV)/bin/python benchmarks/pipeline_log_latency.py
+	$(VENV)/bin/python benchmarks/hub_load.py
 
 clean:
 	rm -rf $(VENV) .uv-bootstrap .gpuops
