@@ -22,13 +22,14 @@ def _decoded(data: bytes, depth: int = 0) -> list[bytes]:
         run = run.rstrip(b"=")
         for cut in range(4):  # a run may start mid-quantum after the joins above
             piece = run[cut:]
-            piece = piece[: len(piece) - len(piece) % 4]
-            try:
-                blob = base64.b64decode(piece, validate=True)
-            except (binascii.Error, ValueError):
-                continue
-            if len(blob) >= 16:
-                out += _decoded(blob, depth + 1)
+            # Cut to whole quanta, and padded back (its '=' were stripped): else a value's last bytes are lost.
+            for whole in {piece[: len(piece) - len(piece) % 4], piece + b"=" * (-len(piece) % 4)}:
+                try:
+                    blob = base64.b64decode(whole, validate=True)
+                except (binascii.Error, ValueError):
+                    continue
+                if len(blob) >= 16:
+                    out += _decoded(blob, depth + 1)
     return out
 
 
