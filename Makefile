@@ -17,8 +17,10 @@ $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
 
 sync: $(VENV)/.synced
 
+# Two workers, a test file to each at a time (module fixtures stay in one process); each worker starts
+# its own Prefect server and stand-ins. Most tests wait on servers, so two cores serve two workers.
 test: sync
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile
 
 # `make demo KEEP=1` keeps the Prefect server (and the emulator) up for the UI link it prints, until Ctrl-C.
 demo: sync

@@ -320,7 +320,7 @@ def test_a_task_accepted_before_a_sigkill_is_dispatched_exactly_once_after_the_r
 # --- beyond one machine ------------------------------------------------------------------------
 
 
-TWO_HUB_TASKS = 200  # 1,000 through two processes: tests/hub/test_outbox.py (the outbox alone, ~1 s)
+TWO_HUB_TASKS = 60  # 1,000 through two processes: tests/hub/test_outbox.py (the outbox alone, ~1 s)
 
 
 def test_two_hubs_on_one_postgresql_outbox_dispatch_each_task_exactly_once(
