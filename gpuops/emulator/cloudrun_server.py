@@ -65,6 +65,8 @@ class CloudRunEmulator(LoopbackServer):
             "emulator": "cloud-run",
             "api": "run.googleapis.com/v2 (REST)",
             "monitoring": "monitoring.googleapis.com/v3 timeSeries.list, Cloud Run request metrics (subset)",
+            "secret_manager": "secretmanager.googleapis.com/v1 (REST subset: secrets, versions, access); "
+                              "workloads get secretKeyRef values from it",
             "url": self.url if self.port is not None else None,
             "operation_polls_before_done": self.state.ops.polls_before_done,
             "run_workloads": self.state.workload_options.run_workloads,
