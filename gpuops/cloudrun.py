@@ -59,6 +59,12 @@ class CloudRun:
 def connect(endpoint: str | None = None, credentials: Credentials | None = None) -> CloudRun:
     """Clients for `GPUOPS_CLOUD_RUN_API` (wins), else `endpoint`, else Google with ADC."""
     from google.cloud import run_v2
+
+    from gpuops import google_logs
+
+    # A service or job body holds env values: Google's DEBUG logging must not write them out.
+    google_logs.guard(*(f"google.cloud.run_v2.services.{kind}.transports.rest"
+                        for kind in ("services", "revisions", "jobs", "executions")))
     endpoint = os.environ.get(ENDPOINT_ENV) or endpoint or None
     if endpoint and endpoint.startswith("http://"):
         credentials = AnonymousCredentials()  # a local emulator: no Google credentials

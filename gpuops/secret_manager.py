@@ -8,7 +8,6 @@ in a dict, or puts in an exception any payload.
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -29,24 +28,10 @@ CALL_TIMEOUT_S = 60.0
 TRANSPORT_LOGGER = "google.cloud.secretmanager_v1"
 
 
-class _NoPayloads(logging.Filter):
-    """Google's clients log whole requests and responses at DEBUG (GOOGLE_SDK_PYTHON_LOGGING_SCOPE, or
-    a DEBUG root logger): for addVersion and access that is the secret, base64 in `payload`. Keep the
-    record, drop the payloads."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        for key in ("httpRequest", "httpResponse", "request", "response"):
-            value = getattr(record, key, None)
-            if isinstance(value, dict) and "payload" in value:
-                setattr(record, key, {**value, "payload": "<not logged by gpuops>"})
-        return True
-
-
 def _guard_transport_logs() -> None:
-    for name in (TRANSPORT_LOGGER, f"{TRANSPORT_LOGGER}.services.secret_manager_service.transports.rest"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _NoPayloads) for f in logger.filters):
-            logger.addFilter(_NoPayloads())
+    from gpuops import google_logs
+
+    google_logs.guard(TRANSPORT_LOGGER, f"{TRANSPORT_LOGGER}.services.secret_manager_service.transports.rest")
 
 
 @dataclass
