@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from typing import Iterator
 
 from gpuops.errors import BadInput
 
@@ -50,3 +51,13 @@ def write(store, doc: dict) -> bool:
 
 def read(store, task_id: str) -> dict | None:
     return store.read_json(key(task_id))
+
+
+def records(store, since: datetime | None = None) -> Iterator[dict]:
+    """Every dead letter in the bucket, one read at a time; with `since`, only objects written at or after it
+    (a record is written once, so its object's time is when the task was dead-lettered)."""
+    for found, modified in store.keys(PREFIX):
+        if found.endswith(".json") and (since is None or modified >= since):
+            doc = store.read_json(found)
+            if doc is not None:
+                yield doc

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import time
+from datetime import datetime
 from typing import Callable
 
 from gpuops import job_status, retry
@@ -182,6 +183,16 @@ class StatusStore:
     def _holds(self, key: str, body: bytes) -> bool | None:
         found = self._get(key)
         return True if found is not None and found[0] == body else None
+
+    def keys(self, prefix: str) -> list[tuple[str, datetime]]:
+        """(key, last modified) of every object under `prefix`, in key order (the dead letters under dlq/)."""
+        def page_through():
+            found = []
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                found += [(o["Key"], o["LastModified"]) for o in page.get("Contents", [])]
+            return found
+
+        return retry.call(f"list {self.bucket}/{prefix}", page_through, backoff=self.backoff)
 
     def job_ids(self, prefix: str = "") -> list[str]:
         """The ids of the jobs (top-level folders) starting with `prefix`, in bucket order."""
