@@ -38,6 +38,16 @@ class WebhookSink(LoopbackServer):
         with self._lock:
             return list(self._received)
 
+    def save_block(self, name: str, path: str = "/webhook/alerts") -> str:
+        """Save a Prefect custom-webhook block posting `{"subject", "body"}` to `path` here; returns its
+        `custom-webhook/<name>` (what a flow's notification_block or an automation takes)."""
+        from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+        block = CustomWebhookNotificationBlock(name=name, url=f"{self.url}{path}",
+                                               json_data={"subject": "{{subject}}", "body": "{{body}}"})
+        block.save(name, overwrite=True)
+        return f"custom-webhook/{name}"
+
     def reset(self) -> None:
         with self._lock:
             self._received.clear()
