@@ -48,7 +48,10 @@ def claim_job(store, job_id: str, prefect_fields: dict) -> dict:
 def build(store, checked: dict, job_id: str, image_repo: Optional[str], registry_credentials) -> dict:
     """The build stage: Running, then Succeeded with the image (container) or Failed with its log kept."""
     store.update(job_id, lambda d: job_status.transition(d, "build", job_status.RUNNING, _now()))
-    dest = Path(tempfile.gettempdir()) / "gpuops-builds" / job_id
+    # A folder of this run's own: another run of the same commit on this machine (another bucket, a
+    # test) must not share, or remove, this checkout.
+    (Path(tempfile.gettempdir()) / "gpuops-builds").mkdir(exist_ok=True)
+    dest = Path(tempfile.mkdtemp(prefix=f"{job_id[:12]}-", dir=Path(tempfile.gettempdir()) / "gpuops-builds")) / "src"
     try:
         with stage_log(store, job_id, "build") as say:
             built = _build(checked, dest, image_repo, registry_credentials, say)
@@ -57,7 +60,7 @@ def build(store, checked: dict, job_id: str, image_repo: Optional[str], registry
         raise
     finally:
         # The run checks out its own copy where the GPU is; this one only proved the commit builds.
-        shutil.rmtree(dest, ignore_errors=True)
+        shutil.rmtree(dest.parent, ignore_errors=True)
     store.update(job_id, lambda d: job_status.transition(d, "build", job_status.SUCCEEDED, _now(),
                                                         imageUri=built.get("imageUri")))
     return built

@@ -58,8 +58,11 @@ def prepare_app(runtime: str, repo: str, sha: str, job_id: str, say) -> Path:
         return Path.cwd()
     from gpuops.source_build import build_from_source
 
+    from prefect import runtime
+
     workdir = Path(os.environ.get("GPUOPS_WORKDIR") or Path(tempfile.gettempdir()) / "gpuops-jobs")
-    built = build_from_source(repo, sha, workdir / job_id / "app", say)
+    # Per flow run: two runs of one commit on a worker (a re-run, another bucket's job) keep apart.
+    built = build_from_source(repo, sha, workdir / job_id / str(runtime.flow_run.id or "local") / "app", say)
     return Path(built["checkout"])
 
 
