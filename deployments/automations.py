@@ -168,18 +168,9 @@ def apply_automations(client, automations: list, *, update: bool = False, dry_ru
 
 def notification_block_id(name: str):
     """The block document id of a saved notification block (`<type-slug>/<name>`); ValueError saying why not."""
-    from prefect.blocks.core import Block
+    from flows.common import notification_block
 
-    if "/" not in name:
-        raise ValueError(f"notification block {name!r}: give it as <block-type-slug>/<name>, "
-                         "e.g. slack-webhook/gpuops-alerts or custom-webhook/gpuops-alerts")
-    try:
-        block = Block.load(name)
-    except ValueError as exc:
-        raise ValueError(f"notification block {name!r} is not saved on this Prefect API ({exc})") from None
-    if "notify" not in block.get_block_capabilities():
-        raise ValueError(f"block {name!r} cannot notify: use a notification block (Slack, custom webhook ...)")
-    return block._block_document_id
+    return notification_block(name)._block_document_id
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -74,3 +74,24 @@ def notify(block_name: str | None, subject: str, body: str) -> None:
     get_run_logger().warning("%s: %s", subject, body)
     if block_name:
         Block.load(block_name).notify(body=body, subject=subject)
+
+
+def notification_block(name: str):
+    """A saved notification block named `<block-type-slug>/<name>`; BadInput (a ValueError) saying why not.
+
+    Checked before a flow does its work, so a report is never made only to fail at the end.
+    """
+    from prefect.blocks.core import Block
+
+    if "/" not in name:
+        raise BadInput(f"notification_block (--notification-block) {name!r}: give it as <block-type-slug>/<name>, "
+                       "e.g. slack-webhook/gpuops-alerts or custom-webhook/gpuops-alerts.")
+    try:
+        block = Block.load(name)
+    except ValueError as exc:
+        raise BadInput(f"notification_block (--notification-block) {name!r} is not saved on this Prefect API "
+                       f"({exc}): save it, or name one that is.") from None
+    if "notify" not in block.get_block_capabilities():
+        raise BadInput(f"notification_block (--notification-block) {name!r} cannot notify: use a notification "
+                       "block (Slack, custom webhook ...).")
+    return block

@@ -7,24 +7,15 @@ from typing import Optional
 
 from prefect import flow, get_run_logger
 
-from flows.common import notify
+from flows.common import notification_block, notify
 from gpuops import monthly_cost
 from gpuops.errors import BadInput, CouldNotRun
 
 
 def check_notification_block(name: Optional[str]) -> None:
     """A named block must be a saved notification block: said before the report is made, not after."""
-    from prefect.blocks.core import Block
-
-    if not name:
-        return
-    fix = "pass a saved notification block as <block-type-slug>/<name>, e.g. custom-webhook/gpuops-alerts"
-    try:
-        block = Block.load(name)
-    except ValueError as exc:
-        raise BadInput(f"notification_block (--notification-block) {name!r} cannot be loaded ({exc}): {fix}.") from None
-    if "notify" not in block.get_block_capabilities():
-        raise BadInput(f"notification_block (--notification-block) {name!r} cannot notify: {fix}.")
+    if name:
+        notification_block(name)
 
 
 def publish(report: dict) -> list[str]:
