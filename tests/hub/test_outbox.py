@@ -174,7 +174,10 @@ def test_two_processes_drain_one_outbox_each_task_dispatched_once(outbox_url, tm
         records = {owner: json.loads((tmp_path / f"{owner}.json").read_text()) for owner in hubs}
 
         a, b = (records[owner] for owner in ("hub-a", "hub-b"))
-        assert a["dispatched"] and b["dispatched"], "one hub drained everything: no contention was shown"
+        if outbox_url.startswith("postgresql"):
+            # SKIP LOCKED lets both work at once. SQLite serializes writers: under load one process can win
+            # every lock (seen in CI), which is still exactly-once, so only PostgreSQL must show both working.
+            assert a["dispatched"] and b["dispatched"], "one hub drained everything: no contention was shown"
         assert not set(a["claimed"]) & set(b["claimed"]), "a task was leased to both hubs"
         per_task = {task_id: 0 for task_id in ids}
         for record in (a, b):
