@@ -24,10 +24,9 @@ from typing import Any, Sequence
 
 from deployments.apply import EXIT_ERROR, EXIT_OK, EXIT_PENDING, _api_error, _Parser, with_api
 from flows.hub_work import BACKLOG_HIGH, BACKLOG_NORMAL, BACKLOG_THRESHOLD
+from gpuops.work_pool_backlog import GPU_POOLS
 
 BLOCK_ENV = "GPUOPS_ALERTS_BLOCK"
-# Every GPU pool in deployments/work_pools/: a GPU deployment is a deployment on one of them.
-GPU_POOLS = ("gpuops-cloud-run-gpu", "gpuops-kubernetes-gpu", "gpuops-docker-gpu")
 BACKLOG_NAME = f"gpuops: GPU pool backlog over {BACKLOG_THRESHOLD} for 10 minutes"
 FAILURES_NAME = "gpuops: GPU deployment failed 3 runs in a row"
 BACKLOG_FOR = timedelta(minutes=10)

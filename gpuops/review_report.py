@@ -24,8 +24,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Iterable, Optional
 
 from gpuops.markdown import cell
+from gpuops.work_pool_backlog import GPU_POOLS
 
-GPU_POOLS = ("gpuops-cloud-run-gpu", "gpuops-kubernetes-gpu", "gpuops-docker-gpu")
 SUCCESS = frozenset({"COMPLETED"})
 FAILURE = frozenset({"FAILED", "CRASHED"})
 ENDED = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+# Every GPU work pool in deployments/work_pools/ (tests/deployments/test_automations.py checks the files):
+# a GPU deployment is one on these pools, for the alerts, the weekly review and the cost figures.
+GPU_POOLS = ("gpuops-cloud-run-gpu", "gpuops-kubernetes-gpu", "gpuops-docker-gpu")
+
 
 def pool_backlog(client, pool: str, now: datetime | None = None) -> int:
     """Runs waiting in the pool: Scheduled (Late, AwaitingRetry too) and already due, none started yet."""
