@@ -185,7 +185,8 @@ def test_two_processes_drain_one_outbox_each_task_dispatched_once(outbox_url, tm
                 per_task[task_id] += 1
         assert set(per_task.values()) == {1}
         for owner, record in records.items():  # the outbox agrees on who dispatched what
-            assert {box.get(task_id).flow_run_id for task_id in record["dispatched"]} == {f"run-of-{owner}"}
+            recorded = {box.get(task_id).flow_run_id for task_id in record["dispatched"]}
+            assert recorded <= {f"run-of-{owner}"}, f"{owner}'s tasks name another hub's run: {recorded}"
         assert box.counts() == {"queued": 0, "dispatched": 1000, "dead-lettered": 0}
 
 
