@@ -61,8 +61,11 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self._delayed_failure():
             return
-        if self.path.split("?", 1)[0] == "/healthz":
+        path, _, query = self.path.partition("?")
+        if path == "/healthz":
             self._answer(200, {"status": "ok", "revision": revision()})
+        elif path == "/gpu-probe":
+            self._probe(query)
         else:
             self._answer(404, {"error": f"no route GET {self.path}"})
 
@@ -84,6 +87,22 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(400, {"error": str(exc)})
             return
         self._answer(200, {**generate(prompt, steps), "revision": revision()})
+
+    def _probe(self, query: str) -> None:
+        """The project's GPU probe on this host, as an image shipping gpuops answers it: how a flow checks
+        the card a host really has without SSH (`?need_gib=12&min_compute_cap=7.0`)."""
+        from urllib.parse import parse_qs
+
+        from gpuops.gpu_probe import probe
+
+        asked = {k: v[-1] for k, v in parse_qs(query).items()}
+        try:
+            need = float(asked["need_gib"]) if asked.get("need_gib") else None
+            report, code = probe(need, asked.get("min_compute_cap") or "7.0")
+        except ValueError as exc:
+            self._answer(400, {"error": f"need_gib / min_compute_cap: {exc}"})
+            return
+        self._answer(200, {**report, "exit_code": code, "revision": revision()})
 
     def _delayed_failure(self) -> bool:
         """Apply SAMPLE_APP_LATENCY_MS, then answer 500 when every path is meant to fail."""
