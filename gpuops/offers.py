@@ -13,6 +13,8 @@ from gpuops.host_rules import DEFAULT_BLOCKED_COUNTRIES, DEFAULT_MIN_RELIABILITY
 
 # Fields an offer must carry to be judged at all (vast.ai's raw search results always have them).
 REQUIRED_OFFER_FIELDS = ("id", "gpu_name", "num_gpus", "gpu_ram", "dph_total")
+# Fields read as numbers (when present): anything else there makes the record unjudgeable.
+NUMERIC_OFFER_FIELDS = ("num_gpus", "gpu_ram", "dph_total", "inet_down", "reliability", "reliability2")
 # Score weights (sum 100): price first, then host quality. See _score.
 WEIGHTS = {"price": 40.0, "reliability": 25.0, "verified": 15.0, "datacenter": 10.0, "bandwidth": 10.0}
 FULL_BANDWIDTH_MBPS = 1000.0  # 1 Gbps down gets the bandwidth part in full
@@ -237,6 +239,10 @@ def _record_problem(offer: Any) -> str | None:
         return f"offer {offer.get('id')!r} lacks {', '.join(missing)}."
     if not isinstance(offer["gpu_name"], str):
         return f"offer {offer['id']!r}: gpu_name {offer['gpu_name']!r} is not a name."
+    bad = [f"{k} {offer[k]!r}" for k in NUMERIC_OFFER_FIELDS if offer.get(k) is not None
+           and (isinstance(offer[k], bool) or not isinstance(offer[k], (int, float)) or offer[k] < 0)]
+    if bad:
+        return f"offer {offer['id']!r}: {', '.join(bad)} not a number."
     return None
 
 
@@ -287,7 +293,8 @@ def _market_verdicts(offer: dict, flt: OfferFilter) -> list[Verdict]:
 
 @dataclass
 class Ranking:
-    """`chosen`: passing offers best first, each the offer's own dict plus `score` (0-100) and `reasons`;
+    """`chosen`: passing offers best first, each the offer's own dict plus `score` (0-100; vast.ai's own score,
+    if any, moves to `vast_score`) and `reasons`;
     `rejected`: `id`, `gpu_name`, `reasons` (one line per failed rule) and `verdicts`."""
 
     chosen: list[dict]
@@ -359,7 +366,10 @@ def _scored(offer: dict, flt: OfferFilter, cheapest: float) -> dict:
     note = host_rules.vram_variant_note(offer["gpu_name"])
     if note:
         reasons.append(f"after renting, compare nvidia-smi with the listed {offer_vram_mib(offer)} MiB:{note}")
-    return {**offer, "score": score, "reasons": reasons}
+    scored = {**offer, "score": score, "reasons": reasons}
+    if "score" in offer:
+        scored["vast_score"] = offer["score"]  # vast.ai's own (DLPerf per dollar), kept beside ours
+    return scored
 
 
 # ---------------------------------------------------------------- the same filter, server side
