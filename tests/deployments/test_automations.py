@@ -23,7 +23,6 @@ BACKLOG_S = 10  # the shortest window Prefect allows a proactive trigger
 def alerts(prefect_api, tmp_path_factory):
     """The n8n stand-in, a custom-webhook block pointed at it, a process pool playing a GPU pool, and the
     automations applied (by the command, as an operator runs it) for that pool; deleted afterwards."""
-    from prefect.blocks.notifications import CustomWebhookNotificationBlock
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
 
@@ -33,9 +32,7 @@ def alerts(prefect_api, tmp_path_factory):
     args = ["--notification-block", "custom-webhook/automation-alerts", "--gpu-pool", pool,
             "--backlog-minutes", str(BACKLOG_S / 60)]
     with WebhookSink() as sink, get_client(sync_client=True) as client:
-        CustomWebhookNotificationBlock(name="gpuops-alerts", url=f"{sink.url}/webhook/alerts",
-                                       json_data={"subject": "{{subject}}", "body": "{{body}}"}
-                                       ).save("automation-alerts", overwrite=True)
+        sink.save_block("automation-alerts")
         client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
         for name in (am.BACKLOG_NAME, am.FAILURES_NAME):  # a shared server: start from none
             for found in client.read_automations_by_name(name):

@@ -19,15 +19,10 @@ from gpuops.errors import BadInput
 @pytest.fixture(scope="module")
 def webhook(prefect_api):
     """The runbook's n8n webhook stand-in, and a Prefect custom-webhook block pointed at it."""
-    from prefect.blocks.notifications import CustomWebhookNotificationBlock
-
     from gpuops.emulator.webhook_sink import WebhookSink
 
     with WebhookSink() as sink:
-        CustomWebhookNotificationBlock(name="gpuops-alerts", url=f"{sink.url}/webhook/alerts",
-                                       json_data={"subject": "{{subject}}", "body": "{{body}}"}
-                                       ).save("hub-work-alerts", overwrite=True)
-        sink.block = "custom-webhook/hub-work-alerts"
+        sink.block = sink.save_block("hub-work-alerts")
         yield sink
 
 

@@ -342,15 +342,10 @@ def month_runs(prefect_api):
 @pytest.fixture(scope="module")
 def webhook(prefect_api):
     """The n8n webhook stand-in and a custom-webhook notification block pointed at it."""
-    from prefect.blocks.notifications import CustomWebhookNotificationBlock
-
     from gpuops.emulator.webhook_sink import WebhookSink
 
     with WebhookSink() as sink:
-        CustomWebhookNotificationBlock(name="gpuops-cost", url=f"{sink.url}/webhook/cost",
-                                       json_data={"subject": "{{subject}}", "body": "{{body}}"}
-                                       ).save(f"cost-alerts-{SUFFIX}", overwrite=True)
-        sink.block = f"custom-webhook/cost-alerts-{SUFFIX}"
+        sink.block = sink.save_block(f"cost-alerts-{SUFFIX}", "/webhook/cost")
         yield sink
 
 
