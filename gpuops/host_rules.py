@@ -326,3 +326,15 @@ def _figures(source: Popularity) -> str:
     if source.last_updated is not None:
         parts.append(f"last updated {source.last_updated:%Y-%m-%d}")
     return ", ".join(parts) or "no figures"
+
+
+def image_verdicts(image: str, tag: str, size_bytes: int, source: Popularity | None, inference: bool = True,
+                   now: datetime | None = None) -> list[Verdict]:
+    """Size band, devel tag and trust of one image; a source with no figures (not on Docker Hub) is a warning."""
+    verdicts = [image_size_verdict(image, size_bytes), devel_tag_verdict(image, tag, inference)]
+    if source is not None:
+        verdicts.append(trust_verdict(source, now))
+    else:
+        verdicts.append(warned("trust", None, f"{image}: no pull or star figures (not a Docker Hub image).",
+                               "check that it comes from the project's official README or its vendor."))
+    return verdicts
