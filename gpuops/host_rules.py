@@ -117,6 +117,14 @@ def effective_capability(name: str, reported: Any = None) -> tuple[str | None, s
 def compute_capability_verdict(name: str, reported: Any = None,
                                min_cap: str = PYTORCH2_MIN_COMPUTE_CAP) -> Verdict:
     """Compute capability at least `min_cap`; PyTorch 2.x needs 7.0 (sm_70), runbook 004 §1."""
+    if isinstance(reported, (list, dict, set)):
+        raise ValueError(f"compute_cap {reported!r} is not a capability")
+    return _capability_verdict(name, reported, min_cap)
+
+
+# Pure and asked again for every offer of the same card: a ranking of thousands judges a few dozen pairs.
+@lru_cache(maxsize=4096)
+def _capability_verdict(name: str, reported: Any, min_cap: str) -> Verdict:
     rule = "compute-capability"
     cap, source = effective_capability(name, reported)
     if cap is None:
@@ -188,20 +196,27 @@ def country_of(geolocation: str) -> str | None:
 def region_verdict(geolocation: Any, blocked: Iterable[str] = DEFAULT_BLOCKED_COUNTRIES,
                    allowed: Iterable[str] | None = None) -> Verdict:
     """The host's country is not blocked (CN by default: runbook 004 §2) and, when a list is given, allowed."""
+    if geolocation is not None and not isinstance(geolocation, str):
+        return failed("region", geolocation, f"geolocation {geolocation!r} is not a place.",
+                      "choose a host whose geolocation ends with a country code, e.g. 'Texas, US'.")
+    return _region_verdict(geolocation, tuple(blocked), None if allowed is None else tuple(allowed))
+
+
+@lru_cache(maxsize=4096)
+def _region_verdict(geolocation: str | None, blocked: tuple[str, ...], allowed: tuple[str, ...] | None) -> Verdict:
     rule = "region"
-    country = country_of(geolocation) if isinstance(geolocation, str) else None
+    country = country_of(geolocation) if geolocation is not None else None
     if country is None:
         return failed(rule, geolocation, f"geolocation {geolocation!r} names no country: it cannot be checked "
                                          "against the blocklist.", "choose a host whose geolocation ends with a "
                                                                    "country code, e.g. 'Texas, US'.")
-    blocked = tuple(blocked)
     if country in blocked:
         return failed(rule, geolocation, f"host in {geolocation} ({country}) is in a blocked country "
                                          f"({', '.join(blocked)}); behind the Great Firewall Docker Hub, Hugging Face "
                                          "and PyPI are throttled or cut." if country == "CN" else
                       f"host in {geolocation} ({country}) is in a blocked country ({', '.join(blocked)}).",
                       "choose a host outside the blocked countries (e.g. US, CA, DE, NL, SE, FI, JP).")
-    if allowed is not None and country not in tuple(allowed):
+    if allowed is not None and country not in allowed:
         return failed(rule, geolocation, f"host in {geolocation} ({country}) is not in the allowed countries "
                                          f"({', '.join(allowed)}).",
                       "choose a host in an allowed country, or add the country to allowed_countries.")
