@@ -147,20 +147,16 @@ def _flag(value: Any) -> bool:
     return value
 
 
+def _gib(value: Any) -> float:
+    return _number(value, 0, what="GiB (1 GiB = 1024 MiB)")
+
+
 _PARSERS: dict[str, Callable[[Any], Any]] = {
-    "gpu_name": _gpu_names,
-    "num_gpus": _positive_int,
-    "need_vram_gib": lambda v: _number(v, 0, what="GiB (1 GiB = 1024 MiB)"),
-    "max_vram_gib": lambda v: _number(v, 0, what="GiB (1 GiB = 1024 MiB)"),
-    "min_compute_cap": _compute_cap,
-    "min_reliability": _reliability,
-    "blocked_countries": _countries,
-    "allowed_countries": _countries,
-    "min_inet_down_mbps": lambda v: _number(v, 0, what="Mbps"),
-    "max_dph": lambda v: _number(v, 0, what="USD per hour"),
-    "verified_only": _flag,
-    "prefer_verified": _flag,
-    "prefer_datacenter": _flag,
+    "gpu_name": _gpu_names, "num_gpus": _positive_int, "need_vram_gib": _gib, "max_vram_gib": _gib,
+    "min_compute_cap": _compute_cap, "min_reliability": _reliability,
+    "blocked_countries": _countries, "allowed_countries": _countries,
+    "min_inet_down_mbps": lambda v: _number(v, 0, what="Mbps"), "max_dph": lambda v: _number(v, 0, what="USD per hour"),
+    "verified_only": _flag, "prefer_verified": _flag, "prefer_datacenter": _flag,
 }
 _NEED_FIELDS = ("model_gib", "second_model_gib", "headroom")
 
@@ -169,7 +165,8 @@ def _need(data: dict, values: dict) -> list[str]:
     """need_vram_gib from the model sizes (the larger of it and an explicit need_vram_gib wins)."""
     if data.get("model_gib") is None:
         stray = [k for k in _NEED_FIELDS[1:] if data.get(k) is not None]
-        return [f"{', '.join(stray)} given without model_gib: give model_gib (the weights in GiB) too."] if stray else []
+        return [f"{', '.join(stray)} given without model_gib: give model_gib (the weights in GiB) too."] \
+            if stray else []
     sizes, errors = {}, []
     for key in _NEED_FIELDS:
         if data.get(key) is not None:
@@ -275,7 +272,7 @@ def _market_verdicts(offer: dict, flt: OfferFilter) -> list[Verdict]:
     down = offer.get("inet_down")
     if flt.min_inet_down_mbps is not None and (down is None or down < flt.min_inet_down_mbps):
         verdicts.append(host_rules.failed("bandwidth", down, f"download {down} Mbps is below "
-                                                             f"{flt.min_inet_down_mbps:g} Mbps (image and model pulls).",
+                                          f"{flt.min_inet_down_mbps:g} Mbps (image and model pulls).",
                                           f"choose a host with inet_down of at least {flt.min_inet_down_mbps:g}."))
     price = offer["dph_total"]
     if flt.max_dph is not None and price > flt.max_dph:
@@ -351,7 +348,8 @@ def _score(offer: dict, flt: OfferFilter, cheapest: float) -> tuple[float, list[
     reasons = [
         f"price ${price:.4f}/h: {WEIGHTS['price'] * parts['price']:.1f}/{WEIGHTS['price']:g} "
         f"(cheapest passing ${cheapest:.4f}/h)",
-        f"reliability {reliability:.4f}: {WEIGHTS['reliability'] * parts['reliability']:.1f}/{WEIGHTS['reliability']:g}",
+        f"reliability {reliability:.4f}: "
+        f"{WEIGHTS['reliability'] * parts['reliability']:.1f}/{WEIGHTS['reliability']:g}",
         f"{'verified' if is_verified(offer) else 'not verified'}: "
         f"{WEIGHTS['verified'] * parts['verified']:.0f}/{WEIGHTS['verified']:g}",
         f"{'data center' if is_datacenter(offer) else 'not a data center'}: "

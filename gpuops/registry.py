@@ -69,8 +69,9 @@ def parse_image_ref(image: str) -> ImageRef:
         path = f"library/{path}"
     if not path or not re.fullmatch(r"[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*", path) \
             or (digest and not re.fullmatch(r"sha256:[0-9a-f]{64}", digest)):
-        raise BadInput(f"image {image!r} is not an image reference: give it like nvidia/cuda:12.4.1-runtime-ubuntu22.04 "
-                       "or ghcr.io/owner/name@sha256:<64 hex> (lowercase repository).")
+        raise BadInput(f"image {image!r} is not an image reference: give it like "
+                       "nvidia/cuda:12.4.1-runtime-ubuntu22.04 or ghcr.io/owner/name@sha256:<64 hex> "
+                       "(lowercase repository).")
     return ImageRef("docker.io" if registry in DOCKER_HUB else registry, path, digest or tag or "latest")
 
 
@@ -163,8 +164,8 @@ class RegistryClient:
             raise CouldNotRun(f"{what}: the registry asked for a token without naming where to get one.")
         key = (realm, params.get("scope", ""))
         if key not in self._tokens:
-            body, _ = self._checked(f"{what} (pull token)", self._send(f"{what} (pull token)", _with_query(realm, params),
-                                                                       "application/json"))
+            asked = f"{what} (pull token)"
+            body, _ = self._checked(asked, self._send(asked, _with_query(realm, params), "application/json"))
             token = body.get("token") or body.get("access_token")
             if not token:
                 raise CouldNotRun(f"{what}: the token endpoint {realm} answered without a token.")

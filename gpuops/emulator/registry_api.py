@@ -170,82 +170,105 @@ class RegistryFault(FaultSpec):
 # ---------------------------------------------------------------- the HTTP app
 
 
-def build_app(emulator: "RegistryEmulator"):
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
+def _error_response(err: RegistryError):
+    from starlette.responses import JSONResponse
 
-    store = emulator.store
+    return JSONResponse({"errors": [{"code": err.code, "message": err.message, "detail": None}]},
+                        status_code=err.status, headers=err.headers)
 
-    def challenge(repository: str) -> dict:
-        return {"WWW-Authenticate": f'Bearer realm="{emulator.url}/token",service="{SERVICE}",'
-                                    f'scope="repository:{repository}:pull"'}
 
-    def handler(fn):
+class RegistryRoutes:
+    """The endpoints; each gets the request and the bearer token it carried ('' if none)."""
+
+    def __init__(self, emulator: "RegistryEmulator"):
+        self.emulator = emulator
+
+    def handler(self, fn):
+        """Injected faults first, errors in the registry's shape, every request logged (never its token)."""
         async def endpoint(request):
-            fault = emulator.faults.take(request.method, request.url.path)
+            faults = self.emulator.faults
+            fault = faults.take(request.method, request.url.path)
             auth = request.headers.get("authorization", "")
             try:
                 if fault is not None:
                     raise RegistryError(fault.status, "UNAVAILABLE", fault.message or f"injected fault: {fault.status}")
                 response = fn(request, auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else "")
             except RegistryError as err:
-                response = JSONResponse({"errors": [{"code": err.code, "message": err.message, "detail": None}]},
-                                        status_code=err.status, headers=err.headers)
+                response = _error_response(err)
             response.headers["X-Gpuops-Emulator"] = "registry"
-            emulator.faults.record(RegistryRequest(request.method, request.url.path, request.headers.get("accept", ""),
-                                                   bool(auth), response.status_code, fault.id if fault else None))
+            faults.record(RegistryRequest(request.method, request.url.path, request.headers.get("accept", ""),
+                                          bool(auth), response.status_code, fault.id if fault else None))
             return response
         return endpoint
 
-    def info(request, token):
-        return JSONResponse(emulator.info())
+    def challenge(self, repository: str | None = None) -> dict:
+        scope = f',scope="repository:{repository}:pull"' if repository else ""
+        return {"WWW-Authenticate": f'Bearer realm="{self.emulator.url}/token",service="{SERVICE}"{scope}'}
 
-    def base(request, token):
+    def info(self, request, token):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse(self.emulator.info())
+
+    def base(self, request, token):
+        from starlette.responses import JSONResponse
+
         if not token:
-            raise RegistryError(401, "UNAUTHORIZED", "authentication required",
-                                {"WWW-Authenticate": f'Bearer realm="{emulator.url}/token",service="{SERVICE}"'})
+            raise RegistryError(401, "UNAUTHORIZED", "authentication required", self.challenge())
         return JSONResponse({})
 
-    def token_endpoint(request, token):
+    def token(self, request, token):
+        from starlette.responses import JSONResponse
+
         if request.query_params.get("service") != SERVICE:
             raise RegistryError(400, "DENIED", f"unknown service {request.query_params.get('service')!r}")
-        issued = store.issue_token(request.query_params.get("scope", ""))
+        issued = self.emulator.store.issue_token(request.query_params.get("scope", ""))
         return JSONResponse({"token": issued, "access_token": issued, "expires_in": 300,
                              "issued_at": "2026-11-22T00:00:00Z"})
 
-    def manifest(request, token):
+    def manifest(self, request, token):
+        from starlette.responses import Response
+
+        store = self.emulator.store
         repository, reference = request.path_params["name"], request.path_params["reference"]
         if not token:
-            raise RegistryError(401, "UNAUTHORIZED", "authentication required", challenge(repository))
+            raise RegistryError(401, "UNAUTHORIZED", "authentication required", self.challenge(repository))
         if not store.allows(token, repository):
+            # As Docker Hub: a repository that does not exist is answered like a private one.
             raise RegistryError(401, "UNAUTHORIZED", "authentication required: insufficient_scope",
-                                challenge(repository))
+                                self.challenge(repository))
         media_type, data = store.manifest(repository, reference, request.headers.get("accept", ""))
         return Response(data, media_type=media_type, headers={"Docker-Content-Digest": _digest(data)})
 
-    def hub_repository(request, token):
-        repository = f"{request.path_params['ns']}/{request.path_params['name']}"
-        image = store.repos.get(repository)
+    def hub_repository(self, request, token):
+        from starlette.responses import JSONResponse
+
+        ns, name = request.path_params["ns"], request.path_params["name"]
+        image = self.emulator.store.repos.get(f"{ns}/{name}")
         if image is None or image.private:
             return JSONResponse({"message": "httperror 404: object not found"}, status_code=404)
-        return JSONResponse({"user": request.path_params["ns"], "name": request.path_params["name"],
-                             "namespace": request.path_params["ns"], "repository_type": "image", "status": 1,
+        return JSONResponse({"user": ns, "name": name, "namespace": ns, "repository_type": "image", "status": 1,
                              "is_private": False, "star_count": image.stars, "pull_count": image.pulls,
                              "last_updated": image.last_updated, "description": REGISTRY_EMULATOR_LABEL})
 
+
+def build_app(emulator: "RegistryEmulator"):
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    r = RegistryRoutes(emulator)
     routes = [
-        Route("/emulator/v1/info", handler(info)),
-        Route("/v2/", handler(base)),
-        Route("/token", handler(token_endpoint)),
-        Route("/v2/repositories/{ns}/{name}/", handler(hub_repository)),
-        Route("/v2/{name:path}/manifests/{reference}", handler(manifest)),
+        Route("/emulator/v1/info", r.handler(r.info)),
+        Route("/v2/", r.handler(r.base)),
+        Route("/token", r.handler(r.token)),
+        Route("/v2/repositories/{ns}/{name}/", r.handler(r.hub_repository)),
+        Route("/v2/{name:path}/manifests/{reference}", r.handler(r.manifest)),
     ]
 
     async def not_found(request, exc):
-        return JSONResponse({"errors": [{"code": "NOT_FOUND", "message": f"{REGISTRY_EMULATOR_LABEL}: nothing is "
-                                         f"served at {request.method} {request.url.path}"}]},
-                            status_code=getattr(exc, "status_code", 404))
+        return _error_response(RegistryError(getattr(exc, "status_code", 404), "NOT_FOUND",
+                                             f"{REGISTRY_EMULATOR_LABEL}: nothing is served at {request.method} "
+                                             f"{request.url.path}"))
 
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
 

@@ -1,4 +1,4 @@
-"""The registry adapter over real HTTP against gpuops' registry stand-in: manifests, the token challenge, Hub figures."""
+"""The registry adapter over real HTTP against gpuops' registry stand-in: manifests, token challenge, Hub figures."""
 import pytest
 
 from gpuops import host_rules
@@ -138,7 +138,8 @@ def test_docker_hub_figures_and_the_trust_verdicts_they_give(registry):
     cuda = repo_popularity(RUNTIME)
     assert cuda.pulls == 100_000_000 and cuda.last_updated.year == 2026
     assert {r.path for r in registry.requests("GET", "/v2/repositories/")} == {
-        "/v2/repositories/valyriantech/ace-step-1.5/", "/v2/repositories/library/ubuntu/", "/v2/repositories/nvidia/cuda/"}
+        "/v2/repositories/valyriantech/ace-step-1.5/", "/v2/repositories/library/ubuntu/",
+        "/v2/repositories/nvidia/cuda/"}
 
 
 def test_popularity_of_an_unknown_repository_is_bad_input(registry):
