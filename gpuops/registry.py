@@ -23,7 +23,8 @@ from typing import Any, Callable, TypeVar
 
 from gpuops.container_build import DOCKER_HUB, registry_of
 from gpuops.errors import BadInput, CouldNotRun
-from gpuops.host_rules import Popularity
+from gpuops import host_rules
+from gpuops.host_rules import Popularity, Verdict
 
 T = TypeVar("T")
 REGISTRY_ENV, HUB_ENV = "GPUOPS_REGISTRY_URL", "GPUOPS_DOCKER_HUB_API"
@@ -268,6 +269,28 @@ def _popularity(client: RegistryClient, ref: ImageRef) -> Popularity:
     return Popularity("docker-hub", ref.repository, pulls=_count(body.get("pull_count")),
                       stars=_count(body.get("star_count")), last_updated=_date(body.get("last_updated")),
                       official=ref.repository.startswith("library/"))
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """An image's size, its source's figures and the guardrails' verdicts on them."""
+
+    image: str
+    size: ImageSize
+    source: Popularity | None
+    verdicts: list[Verdict]
+
+
+def check_image(image: str, inference: bool = True, client: RegistryClient | None = None) -> ImageCheck:
+    """Size band, devel tag and trust of `image` (host_rules.image_verdicts) from the registry and Docker Hub."""
+    ref = parse_image_ref(image)
+
+    def read(c: RegistryClient) -> ImageCheck:
+        size, source = _image_size(c, ref, "linux/amd64"), _popularity(c, ref) if ref.registry == "docker.io" else None
+        return ImageCheck(str(ref), size, source,
+                          host_rules.image_verdicts(str(ref), ref.tag, size.total_bytes, source, inference))
+
+    return _with_client(client, read)
 
 
 def _count(value: Any) -> int | None:

@@ -132,13 +132,10 @@ def print_ranking(result: dict, show_rejected: bool) -> None:
 def _check_image(args) -> tuple[dict | None, int]:
     from gpuops import host_rules, registry
 
-    ref = registry.parse_image_ref(args.image)
-    with registry.RegistryClient() as client:
-        size = registry.image_size(args.image, client)
-        source = registry.repo_popularity(args.image, client)
-    verdicts = host_rules.image_verdicts(str(ref), ref.tag, size.total_bytes, source, inference=not args.training)
+    checked = registry.check_image(args.image, inference=not args.training)
+    size, source, verdicts = checked.size, checked.source, checked.verdicts
     verdict = "fail" if any(not v.ok for v in verdicts) else "warn" if any(v.warn for v in verdicts) else "pass"
-    result = {"image": str(ref), "verdict": verdict, "size": size.as_dict(),
+    result = {"image": checked.image, "verdict": verdict, "size": size.as_dict(),
               "source": None if source is None else {**source.__dict__, "trust_score": host_rules.trust_score(source)},
               "verdicts": [v.as_dict() for v in verdicts], "reasons": [str(v) for v in verdicts if not v.ok or v.warn]}
     code = EXIT_FAIL if verdict == "fail" else EXIT_OK

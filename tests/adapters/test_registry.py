@@ -4,8 +4,8 @@ import pytest
 from gpuops import host_rules
 from gpuops.emulator.registry_api import RegistryEmulator, SeedImage
 from gpuops.errors import BadInput, CouldNotRun
-from gpuops.registry import ACCEPT, DOCKER_MANIFEST, OCI_INDEX, RegistryClient, image_size, parse_image_ref, \
-    repo_popularity
+from gpuops.registry import ACCEPT, DOCKER_MANIFEST, OCI_INDEX, RegistryClient, check_image, image_size, \
+    parse_image_ref, repo_popularity
 
 RUNTIME = "nvidia/cuda:12.4.1-runtime-ubuntu22.04"
 DEVEL = "nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04"
@@ -169,3 +169,12 @@ def test_image_references_follow_dockers_rules(image, registry_host, repository,
 def test_bad_image_references_are_refused_with_an_example(image):
     with pytest.raises(BadInput, match="nvidia/cuda:12.4.1-runtime-ubuntu22.04"):
         parse_image_ref(image)
+
+
+def test_check_image_reads_both_and_judges_size_tag_and_trust(registry):
+    huge = check_image(HUGE)
+    assert [(v.rule, v.ok) for v in huge.verdicts] == [("image-size", False), ("image-devel", True), ("trust", False)]
+    assert huge.source.pulls == 404 and huge.size.total_bytes > 100 * 1000**3
+    devel = check_image(DEVEL)
+    assert [v.rule for v in devel.verdicts if v.warn] == ["image-size", "image-devel"]
+    assert not [v for v in check_image(DEVEL, inference=False).verdicts if v.rule == "image-devel" and v.warn]
