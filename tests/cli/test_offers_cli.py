@@ -168,3 +168,11 @@ def test_the_runbooks_173gb_image_from_an_unknown_publisher_is_refused(gpuops, r
 def test_a_bad_image_reference_exits_2(gpuops, registry):
     code, result = check_image(gpuops, "Not An Image")
     assert code == 2 and "image reference" in result["message"]
+
+
+def test_rank_imports_neither_prefect_nor_an_http_client():
+    from tests.unit.test_import_boundaries import imported_after
+
+    rank = f"cli.main(['offers', 'rank', '--file', {SAMPLE!r}])"
+    statements = WIRE + f"import contextlib, io\nwith contextlib.redirect_stdout(io.StringIO()):\n    {rank}"
+    assert imported_after(statements, ("prefect", "flows", "google.cloud", "httpx", "vastai", "boto3")) == []
