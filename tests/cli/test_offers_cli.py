@@ -12,16 +12,11 @@ from gpuops_cli import cli
 from tests.adapters.test_registry import registry, registry_emulator  # noqa: F401  fixtures
 
 SAMPLE = str(resources.files("gpuops.data").joinpath("vast_offers_sample.json"))
-MODULE = "gpuops_cli.offers_cli"
-# Until the command is wired into gpuops_cli/cli.py, the tests add it as the lead will.
-WIRE = f"from gpuops_cli import cli\nif {MODULE!r} not in cli.COMMAND_MODULES: cli.COMMAND_MODULES += ({MODULE!r},)\n"
+WIRE = "from gpuops_cli import cli\n"
 
 
 @pytest.fixture
 def gpuops(monkeypatch, capsys):
-    if MODULE not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", cli.COMMAND_MODULES + (MODULE,))
-
     def run(*args: str, stdin: str | None = None) -> tuple[int, str]:
         if stdin is not None:
             monkeypatch.setattr(sys, "stdin", __import__("io").StringIO(stdin))
