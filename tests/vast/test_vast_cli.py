@@ -1,0 +1,70 @@
+"""`gpuops provision-vast` and `gpuops release-vast`: one JSON object, exit 0 done / 1 check failed / 2 bad input /
+3 could not run, against the vast.ai stand-in and a real Prefect server."""
+import json
+
+import pytest
+
+from gpuops.emulator.gpu_hosts import SILENT
+from gpuops.emulator.vast_api import Machine
+from gpuops_cli import cli
+from tests.vast.conftest import APP, FETCH, RUNTIME_IMAGE
+
+MODULE = "gpuops_cli.vast_cli"
+DE_RTX_3060, DE_MACHINE = 20981743, 22106
+BASE = ("provision-vast", "--image", RUNTIME_IMAGE, "--app-command", APP, "--model-dir", "models/demo",
+        "--model-min-mb", "1", "--model-fetch", FETCH, "--model-gib", "10", "--gpu-name", "RTX 3060",
+        "--wait-s", "5", "--boot-timeout-s", "10", "--approval-timeout", "1", "--steps", "50", "--json")
+
+
+@pytest.fixture
+def gpuops(prefect_api, registry, stand_in, monkeypatch, capsys):
+    """`gpuops ...` in this process; until the command is wired into gpuops_cli/cli.py, added as the lead will."""
+    if MODULE not in cli.COMMAND_MODULES:
+        monkeypatch.setattr(cli, "COMMAND_MODULES", cli.COMMAND_MODULES + (MODULE,))
+
+    def run(*args: str) -> tuple[int, dict]:
+        code = cli.main(list(args))
+        return code, json.loads(capsys.readouterr().out)
+
+    return run
+
+
+def test_provision_prints_the_instance_and_exits_0(gpuops, stand_in):
+    stand_in.machines[DE_MACHINE] = Machine("rtx3060_12gb")
+    code, result = gpuops(*BASE)
+    assert code == 0 and result["outcome"] == "ready" and result["instance"]["id"] == 9100001
+    assert result["measured"]["generation"]["ok"] and stand_in.api_key not in json.dumps(result)
+
+
+def test_bad_flags_exit_2_naming_each_before_any_request(gpuops, stand_in):
+    code, result = gpuops(*BASE, "--wait-s", "-1", "--max-dph", "-2", "--health-path", "healthz")
+    assert code == 2 and result["error"] == "bad-input"
+    for named in ("wait_s (--wait-s)", "max_dph (--max-dph)", "health_path (--health-path)"):
+        assert named in result["message"]
+    assert stand_in.requests() == []
+
+
+def test_nothing_working_exits_1_with_the_attempts_and_how_to_release(gpuops, stand_in):
+    stand_in.machines[DE_MACHINE] = Machine("rtx3060_12gb", SILENT)
+    code, result = gpuops(*BASE, "--max-offers", "1", "--wait-s", "0.5")
+    assert code == 1 and result["error"] == "check-failed"
+    details = result["details"][0]
+    assert details["attempts"][0]["offer_id"] == DE_RTX_3060 and details["kept"] == [9100001]
+    assert "gpuops release-vast --instance 9100001" in result["message"]
+
+
+def test_an_unreachable_api_exits_3(gpuops, monkeypatch):
+    monkeypatch.setenv("GPUOPS_VAST_API", "http://127.0.0.1:9")
+    monkeypatch.setenv("GPUOPS_RETRY_ATTEMPTS", "2")
+    code, result = gpuops(*BASE)
+    assert code == 3 and result["error"] == "could-not-run" and "did not answer after retries" in result["message"]
+
+
+def test_release_without_an_answer_keeps_the_instance_and_exits_1(gpuops, stand_in):
+    from gpuops import vast
+
+    instance_id, _ = vast.create_instance(vast.connect(), DE_RTX_3060, label="gpuops-manual", image="x", env={},
+                                          onstart="", disk_gb=10)
+    code, result = gpuops("release-vast", "--instance", str(instance_id), "--approval-timeout", "1", "--json")
+    assert code == 1 and result["kept"] == [instance_id] and result["approval"]["timed_out"]
+    assert [w.action for w in stand_in.writes()] == ["create"]
