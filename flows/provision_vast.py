@@ -58,6 +58,14 @@ def image_verdicts(image: str) -> list:
     return host_rules.image_verdicts(str(ref), ref.tag, size.total_bytes, source)
 
 
+def log_text(api: vast.Vast, instance_id: int) -> str:
+    """The instance's log, or "" while vast.ai has none to give (a 4xx for a log is no reason to stop)."""
+    try:
+        return vast.instance_logs(api, instance_id)
+    except vast.VastRefused:
+        return ""
+
+
 @task(name="search-offers", cache_policy=NO_CACHE, persist_result=False)
 def search_offers(api: vast.Vast, flt: offers.OfferFilter) -> list[dict]:
     return vast.search_offers(api, offers.vast_query(flt))
@@ -101,7 +109,7 @@ def read_card(api: vast.Vast, instance_id: int, url: str, request: vast_plan.Req
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code != 404:
                 raise
-    result = vast_plan.setup_result(vast.instance_logs(api, instance_id))
+    result = vast_plan.setup_result(log_text(api, instance_id))
     return {"gpus": vast_plan.gpus_from_setup_log(result) or [], "verdict": None, "reasons": [],
             "source": "nvidia-smi line of the set-up log (the app has no /gpu-probe)"}
 
@@ -117,7 +125,7 @@ def confirm_setup(api: vast.Vast, instance_id: int, bound_s: float) -> vast_plan
     """The on-start script's verdict from the instance's log: complete, or its FATAL lines (bounded wait)."""
     started, every = time.monotonic(), poll_every(bound_s)
     while True:
-        result = vast_plan.setup_result(vast.instance_logs(api, instance_id))
+        result = vast_plan.setup_result(log_text(api, instance_id))
         if result.complete or result.failed or time.monotonic() - started + every > bound_s:
             return result
         time.sleep(every)
@@ -224,7 +232,7 @@ class Provisioning:
             f"{poll_every(self.request.bounds.boot_timeout_s):g} s); answer_s: "
             f"then until GET {self.request.setup.health_path} answered 2xx (every 0.5 s); both timed by the flow"))
         if waited["answer_s"] is None:
-            log = vast.instance_logs(self.api, attempt.instance_id) if waited["record"] else ""
+            log = log_text(self.api, attempt.instance_id) if waited["record"] else ""
             bound = self.request.bounds.wait_s if waited["url"] else self.request.bounds.boot_timeout_s
             return self._abandon(attempt, vast_plan.silence_reasons(bound, waited["record"], log))
         self._check_host(offer, attempt, waited["url"])
@@ -275,14 +283,16 @@ class Provisioning:
 
 
 def load_setup_script(path: Optional[str]) -> str:
-    """The on-start script: deployments/vast_setup.sh, or the operator's, which must fail fast too."""
+    """The on-start script: deployments/vast_setup.sh without its comments (it travels in the create request),
+    or the operator's as it is, which must fail fast too."""
     source = Path(path) if path else SETUP_TEMPLATE
     try:
         text = source.read_text()
     except OSError as exc:
         raise BadInput(f"setup_script (--setup-script) {str(source)!r} cannot be read ({exc.strerror}): give a "
                        "readable file, or leave it out for deployments/vast_setup.sh.") from None
-    return vast_plan.check_setup_script(text, repr(str(source)))
+    checked = vast_plan.check_setup_script(text, repr(str(source)))
+    return checked if path else vast_plan.without_comments(checked)
 
 
 def guard_image(image: str, look_up: bool) -> list[dict]:
@@ -374,7 +384,8 @@ def provision_vast(
         offer_filter: gpuops.offers filter fields: gpu_name (exact names), num_gpus, max_vram_gib,
             min_compute_cap, min_reliability, blocked_countries, allowed_countries, min_inet_down_mbps,
             max_dph, verified_only, prefer_verified, prefer_datacenter.
-        model_fetch: the command that fetches the model into model_dir ('' when the image holds it).
+        model_fetch: the command that fetches the model into model_dir ('' when the image holds it). Never put a
+            token in it: it is stored as a flow parameter; give the image or the host its credentials instead.
         app_port: the app's container port, mapped by vast.ai.
         health_path: the app's health path.
         disk_gb: the instance's disk.

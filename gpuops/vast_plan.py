@@ -202,6 +202,13 @@ def check_setup_script(text: str, where: str) -> str:
     return text
 
 
+def without_comments(script: str) -> str:
+    """The script minus comment-only and blank lines (the shebang stays): a shorter on-start request."""
+    lines = script.splitlines()
+    kept = [line for line in lines[1:] if line.strip() and not line.lstrip().startswith("#")]
+    return "\n".join(lines[:1] + kept) + "\n"
+
+
 # ---------------------------------------------------------------- one attempt
 
 
