@@ -18,20 +18,20 @@ from prefect.cache_policies import NO_CACHE
 from prefect.input import RunInput
 from pydantic import Field
 
-from gpuops import approvals, host_rules, offers, vast, vast_plan
+from gpuops import approvals, offers, vast, vast_plan
 from gpuops.errors import BadInput, CheckFailed, CouldNotRun
 from gpuops.host_checks import HostClient, judge_latency
 from gpuops.sample_app import DEFAULT_PROMPT
 from gpuops.vast_plan import ABANDONED, FAILED_AFTER_SETUP, READY, REFUSED, SKIPPED, VRAM_MISMATCH, Attempt
 
 SETUP_TEMPLATE = Path(__file__).resolve().parents[1] / "deployments" / "vast_setup.sh"
+REQUEST_TIMEOUT_S = 120.0  # one probe or generation on the host; the bounds above it are the flow's parameters
+NO_RELEASE = {"approve": False, "action": "stop", "instance_ids": []}
+
 
 def poll_every(bound_s: float) -> float:
     """How often to ask while waiting up to `bound_s`: every 3 s for the real API's minutes, faster for short bounds."""
     return max(0.2, min(3.0, bound_s / 20))
-
-REQUEST_TIMEOUT_S = 120.0  # one probe or generation on the host; the bounds above it are the flow's parameters
-NO_RELEASE = {"approve": False, "action": "stop", "instance_ids": []}
 
 
 class ReleaseApproval(RunInput):
@@ -51,11 +51,7 @@ def image_verdicts(image: str) -> list:
     """Pull size from the registry's manifests, trust from Docker Hub's figures, the tag (gpuops.registry)."""
     from gpuops import registry
 
-    ref = registry.parse_image_ref(image)
-    with registry.RegistryClient() as client:
-        size = registry.image_size(image, client)
-        source = registry.repo_popularity(image, client)
-    return host_rules.image_verdicts(str(ref), ref.tag, size.total_bytes, source)
+    return registry.check_image(image).verdicts
 
 
 def log_text(api: vast.Vast, instance_id: int) -> str:
@@ -132,11 +128,11 @@ def confirm_setup(api: vast.Vast, instance_id: int, bound_s: float) -> vast_plan
 
 
 @task(name="check-app", cache_policy=NO_CACHE, persist_result=False)
-def check_app(url: str, request: vast_plan.Request, prompt: str, steps: int) -> dict:
+def check_app(url: str, request: vast_plan.Request) -> dict:
     """Health latency (5 samples, the mean judged) and a real generation whose output is fetched."""
     with HostClient(url, timeout_s=REQUEST_TIMEOUT_S) as client:
         latency = client.latency(path=request.setup.health_path)
-        generation = client.generate(prompt, steps)
+        generation = client.generate(request.prompt, request.steps)
     reasons = judge_latency(latency, request.bounds.latency_target_ms)
     if not generation.ok:
         reasons.append(f"the test generation failed (HTTP {generation.status}: {generation.error}) while health "
@@ -259,7 +255,7 @@ class Provisioning:
                 f"the set-up did not report {vast_plan.SETUP_COMPLETE} within {self.request.bounds.wait_s:g} s"]
             self._abandon(attempt, why)
             return
-        checked = check_app(url, self.request, self.request.prompt, self.request.steps)
+        checked = check_app(url, self.request)
         attempt.measured.update(health=checked["latency"], generation=checked["generation"])
         attempt.outcome, attempt.reasons = (FAILED_AFTER_SETUP, checked["reasons"]) if checked["reasons"] else (READY, [])
         self.url = url

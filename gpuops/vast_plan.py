@@ -11,18 +11,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gpuops import host_rules, params
+from gpuops.cost import HOURS_PER_MONTH
 from gpuops.errors import BadInput
 from gpuops.gpu import MIB_PER_GIB, SmiParseError, parse_smi_csv
 from gpuops.markdown import cell
 from gpuops.offers import OfferFilter, offer_vram_mib, parse_filter
+from gpuops.sample_app import MAX_STEPS
 
 SETUP_COMPLETE = "GPUOPS_SETUP_COMPLETE"
 SETUP_FATAL = "GPUOPS_SETUP FATAL:"
 SETUP_GPU = "GPUOPS_SETUP gpu: "
 # `set -euo pipefail` (any order of the flags, `-eu -o pipefail` too)
 FAIL_FAST = re.compile(r"^\s*set\s+-(?=[A-Za-z]*e)(?=[A-Za-z]*u)[A-Za-z]*(?:o|\s+-o)\s+pipefail\b", re.M)
-HOURS_PER_MONTH = 730  # 8,760 h / 12: how a month of an hourly price is estimated
-MAX_STEPS = 1_000_000
 
 # Outcomes of one offer's attempt.
 READY = "ready"
@@ -109,6 +109,8 @@ def check_request(*, offer_filter: Any, model_gib: Any, second_model_gib: Any, i
 
 def _filter(offer_filter: Any, model_gib: Any, second_model_gib: Any) -> OfferFilter:
     data = dict(offer_filter or {}) if isinstance(offer_filter, dict) or offer_filter is None else offer_filter
+    if model_gib is None and second_model_gib:
+        raise BadInput("second_model_gib (--second-model-gib) is given without model_gib (--model-gib): give both.")
     if isinstance(data, dict) and model_gib is not None:
         if data.get("model_gib") is not None:
             raise BadInput("model_gib is given twice (as --model-gib and in the offer filter): give it once.")
@@ -155,8 +157,11 @@ def _bounds(wait_s: Any, boot_timeout_s: Any, max_offers: Any, host_failures: An
         host_failures=params.count("host_failures", host_failures, low=1, high=10, example="3"),
         latency_target_ms=float(params.number("latency_target_ms", latency_target_ms, low=0, low_open=True,
                                               unit="ms", example="1000")),
-        approval_timeout_s=params.count("approval_timeout_s", approval_timeout_s, low=1, high=7 * 86400,
-                                        example="3600"))
+        approval_timeout_s=_approval_timeout(approval_timeout_s))
+
+
+def _approval_timeout(value: Any) -> int:
+    return params.count("approval_timeout_s", value, low=1, high=7 * 86400, example="3600")
 
 
 def _prompt(prompt: Any) -> str:
@@ -177,8 +182,7 @@ def check_release(instance_ids: Any, approval_timeout_s: Any, api_key_secret: An
     if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in ids):
         raise params.bad("instance_ids", instance_ids, "is not a list of vast.ai instance ids",
                          "pass e.g. --instance 9100001 (repeatable)")
-    timeout = params.count("approval_timeout_s", approval_timeout_s, low=1, high=7 * 86400, example="3600")
-    return list(dict.fromkeys(ids)), timeout, _secret_name(api_key_secret)
+    return list(dict.fromkeys(ids)), _approval_timeout(approval_timeout_s), _secret_name(api_key_secret)
 
 
 def unlooked_image_verdicts(image: str) -> list[host_rules.Verdict]:
