@@ -132,3 +132,15 @@ def test_machines_that_stay_silent_or_never_boot(stand_in):
     time.sleep(0.3)
     assert vast.show_instance(api, stuck)["actual_status"] == "loading"
     assert vast.instance_logs(api, silent).strip() == ""
+
+
+def test_the_key_may_come_from_a_prefect_secret_block_named_by_the_caller(stand_in, prefect_api, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    Secret(value=stand_in.api_key).save("vast-test-key", overwrite=True)
+    monkeypatch.delenv("VAST_API_KEY")
+    api = vast.connect("vast-test-key")
+    assert api.key_source == "Prefect Secret block 'vast-test-key'" and stand_in.api_key not in repr(api)
+    assert len(vast.search_offers(api, {})) == 31
+    with pytest.raises(BadInput, match="Secret block 'no-such-block'.*was not found"):
+        vast.connect("no-such-block")
