@@ -106,10 +106,10 @@ def test_traps_are_never_rented_even_when_the_server_lets_them_through(hub):
 def test_a_host_that_does_not_answer_is_abandoned_kept_and_the_next_offer_tried(hub):
     hub.machines[DE_MACHINE] = Machine("rtx3060_12gb", SILENT)
     hub.machines[OHIO_MACHINE] = Machine("rtx3060_12gb")
-    result = provision_vast(**provision_args(offer_filter=RTX_3060, wait_s=1.0))
+    result = provision_vast(**provision_args(offer_filter=RTX_3060, wait_s=2.5))
     first, second = result["attempts"]
     assert (first["outcome"], second["outcome"]) == (ABANDONED, READY) and result["instance"]["id"] == second["instance_id"]
-    assert "did not answer within 1 s" in first["reasons"][0] and "logged nothing" in first["reasons"][0]
+    assert "did not answer within 2.5 s" in first["reasons"][0] and "logged nothing" in first["reasons"][0]
     # Nobody answered the approval: the abandoned instance is kept, and the result says how to release it.
     assert writes(hub) == [("create", DE_RTX_3060), ("create", OHIO_RTX_3060)]
     assert result["release"]["approval"]["timed_out"] and first["instance_id"] in result["kept"]
@@ -119,7 +119,7 @@ def test_a_host_that_does_not_answer_is_abandoned_kept_and_the_next_offer_tried(
 def test_with_approval_the_abandoned_instance_is_stopped_and_nothing_else(hub, prefect_api):
     hub.machines[DE_MACHINE] = Machine("rtx3060_12gb", SILENT)
     hub.machines[OHIO_MACHINE] = Machine("rtx3060_12gb")
-    thread, box = in_thread(provision_vast, **provision_args(offer_filter=RTX_3060, wait_s=1.0,
+    thread, box = in_thread(provision_vast, **provision_args(offer_filter=RTX_3060, wait_s=2.5,
                                                               approval_timeout_s=60))
     answer(prefect_api, "provision-vast", {"approve": True, "action": "stop", "instance_ids": [9100001]})
     result = finished(thread, box)
@@ -147,7 +147,7 @@ def test_a_host_failing_three_times_is_skipped_for_the_run(hub):
     hub.use_offers(bad_host + [o for o in sample_offers() if o["id"] == OHIO_RTX_3060])
     hub.machines.update({8000 + n: Machine("rtx3060_12gb", SILENT) for n in range(4)})
     hub.machines[OHIO_MACHINE] = Machine("rtx3060_12gb")
-    result = provision_vast(**provision_args(offer_filter=RTX_3060, wait_s=0.5))
+    result = provision_vast(**provision_args(offer_filter=RTX_3060, wait_s=2.5))
     outcomes = [(a["offer_id"], a["outcome"]) for a in result["attempts"]]
     assert outcomes == [(7000, ABANDONED), (7001, ABANDONED), (7002, ABANDONED), (7003, SKIPPED),
                         (OHIO_RTX_3060, READY)]
