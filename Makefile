@@ -32,6 +32,8 @@ bench: sync
 	$(VENV)/bin/python benchmarks/cli_startup.py
 	$(VENV)/bin/python benchmarks/pipeline_log_latency.py
 	$(VENV)/bin/python benchmarks/hub_load.py
+	$(VENV)/bin/python benchmarks/review_scale.py
+	$(VENV)/bin/python benchmarks/offer_ranking.py
 
 clean:
 	rm -rf $(VENV) .uv-bootstrap .gpuops
