@@ -22,14 +22,27 @@ COMMAND_MODULES = ("gpuops_cli.migration_cli", "gpuops_cli.cleanup_cli", "gpuops
                    "gpuops_cli.review_cli", "gpuops_cli.offers_cli", "gpuops_cli.vast_cli")
 
 
+# Each stand-in that runs alone: its default port and how it is served.
+EMULATOR_PORTS = {"cloud-run": 8780, "hf-hub": 8790, "registry": 8791, "vast-api": 8795}
+
+
 def _emulate(args) -> None:
+    port = EMULATOR_PORTS[args.system] if args.port is None else args.port
     if args.system == "hf-hub":
         from gpuops.emulator.hf_hub_api import serve as serve_hf_hub
 
-        return serve_hf_hub(8790 if args.port is None else args.port, args.data)
+        return serve_hf_hub(port, args.data)
+    if args.system == "registry":
+        from gpuops.emulator.registry_api import serve as serve_registry
+
+        return serve_registry(port)
+    if args.system == "vast-api":
+        from gpuops.emulator.vast_api import serve as serve_vast
+
+        return serve_vast(port)
     from gpuops.emulator import serve
 
-    serve(8780 if args.port is None else args.port, args.seed, run_workloads=args.run_workloads,
+    serve(port, args.seed, run_workloads=args.run_workloads,
           extra_path=args.extra_path)
 
 
@@ -45,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("emulate", help="run a local emulator (labelled as one)")
-    p.add_argument("system", choices=["cloud-run", "hf-hub"])
-    p.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default 8780 cloud-run, 8790 hf-hub)")
+    p.add_argument("system", choices=sorted(EMULATOR_PORTS))
+    p.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default " + ", ".join(
+        f"{port} {name}" for name, port in EMULATOR_PORTS.items()) + ")")
     p.add_argument("--data", help="hf-hub: directory keeping the repositories, one folder per commit")
     p.add_argument("--seed", help="JSON file of services and jobs to start with")
     p.add_argument("--run-workloads", action="store_true",
