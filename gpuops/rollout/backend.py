@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Protocol
 
 from gpuops.traffic import CanaryState
+
+
+def now() -> str:
+    """When a state is recorded (`CanaryState.updated`): UTC, to the second."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,9 @@ class TrafficBackend(Protocol):
     Every write records the canary state on the resource in the same write, so a crashed run can
     resume or roll back from the resource alone, and sends the version it read (an etag): a change
     that landed in between is never overwritten.
+
+    Optional attributes `resume_command` and `rollback_command` name the commands the engine's messages
+    give an operator (default `gpuops canary` and `gpuops rollback`).
     """
 
     kind: str  # registry key, e.g. "cloud-run"

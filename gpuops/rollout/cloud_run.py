@@ -9,17 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import replace
-from datetime import datetime, timezone
 
 from gpuops import cloudrun, job_plan, state as records
 from gpuops.errors import BadInput, CheckFailed
 from gpuops import cloud_run_traffic as fmt
-from gpuops.rollout.backend import Live, Urls
+from gpuops.rollout.backend import Live, Urls, now
 from gpuops.traffic import ROLLED_BACK, CanaryState
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def candidate_name(service: str, template: dict) -> str:

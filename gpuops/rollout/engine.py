@@ -19,7 +19,7 @@ from gpuops.errors import BadInput, CheckFailed, CouldNotRun
 from gpuops.rollout.backend import Live, TrafficBackend, Urls
 from gpuops.rollout.compare import Tolerance, judge_side_by_side
 from gpuops.rollout.report import history_markdown, history_row
-from gpuops.traffic import CanaryState, Gates, Window
+from gpuops.traffic import CanaryState, Gates, Verdict, Window
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class Observation:
 
     candidate: Window
     stable: Window | None = None
+    # Checks the observer ran beyond the gates (a host's mean-latency target): any reason here fails the window.
+    failed: tuple[str, ...] = ()
 
 
 Observe = Callable[[Urls, CanaryState], Observation]  # one window at `state.percent`
@@ -58,6 +60,21 @@ def steps_for(backend: TrafficBackend, steps: tuple[int, ...]) -> tuple[int, ...
     """A switch-only backend gets one switch, gated the same way: the candidate is observed at 0%
     (directly, at its own URL) before all traffic moves, and again after."""
     return (0, 100) if backend.switch_only else steps
+
+
+def judged(seen: Observation, plan: Plan) -> tuple[Verdict, dict]:
+    """The gates and the side-by-side comparison, then the observer's own checks: any of those fails it."""
+    verdict, figures = judge_side_by_side(seen.candidate, seen.stable, plan.gates, plan.tolerance)
+    if seen.failed:
+        earlier = verdict.reasons if verdict.outcome == "fail" else ()
+        verdict = Verdict("fail", (*earlier, *seen.failed))
+    return verdict, figures
+
+
+def commands(backend: TrafficBackend) -> tuple[str, str]:
+    """How an operator resumes and rolls back this backend's rollout (the canary's commands unless it says)."""
+    return (getattr(backend, "resume_command", "gpuops canary"),
+            getattr(backend, "rollback_command", "gpuops rollback"))
 
 
 def promoted(live: Live) -> bool:
@@ -126,7 +143,7 @@ class Rollout:
                 state = traffic.advanced(state)
                 set_split(self.backend, state)
             seen = observe_window(self.observe, self.backend.urls(state), state)
-            verdict, figures = judge_side_by_side(seen.candidate, seen.stable, self.plan.gates, self.plan.tolerance)
+            verdict, figures = judged(seen, self.plan)
             history.append(history_row(state, seen.candidate, verdict, figures))
             state, action = traffic.after_verdict(state, verdict, self.plan.max_holds)
             if action == "rollback":
@@ -170,9 +187,10 @@ class Rollout:
 
     def _stop(self, state: CanaryState, history: list[dict], outcome: str) -> None:
         self._report(state, history, outcome)
+        resume, roll_back = commands(self.backend)
         self.notify(f"gpuops canary of {self.backend.target} {outcome}",
-                    f"{state.percent}% on {state.candidate}. Run the canary again to ask again, or roll back.")
-        raise CheckFailed(f"canary {outcome} at {state.percent}%: run `gpuops canary` again or `gpuops rollback`.")
+                    f"{state.percent}% on {state.candidate}. Run `{resume}` again to ask again, or roll back.")
+        raise CheckFailed(f"canary {outcome} at {state.percent}%: run `{resume}` again or `{roll_back}`.")
 
     def _back_to_stable_after(self, exc: Exception) -> CouldNotRun:
         """An unexpected error is handled like a failed gate: traffic goes back to stable, or the message
@@ -188,9 +206,10 @@ class Rollout:
                 return CouldNotRun(message)
             changes = restore_stable(self.backend, (f"unexpected error: {what}",))
         except Exception as again:
+            resume, roll_back = commands(self.backend)
             message = (f"canary of {target} stopped on an unexpected error ({what}), and putting traffic back "
                        f"on stable failed too ({type(again).__name__}). The canary state on the resource says "
-                       f"where it is: run `gpuops rollback` once the API answers, or `gpuops canary` to resume.")
+                       f"where it is: run `{roll_back}` once the API answers, or `{resume}` to resume.")
         else:
             message = (f"canary of {target} stopped on an unexpected error ({what}); traffic is back on the "
                        f"stable revision ({'; '.join(changes) or 'it already served 100%'}).")
