@@ -11,6 +11,7 @@ import importlib
 # kind -> "module:Class". Capabilities (e.g. switch_only) are attributes of each class.
 BACKENDS: dict[str, str] = {
     "cloud-run": "gpuops.rollout.cloud_run:CloudRunBackend",
+    "elastic-ip": "gpuops.rollout.elastic_ip:ElasticIpBackend",
 }
 
 
