@@ -1,5 +1,5 @@
 """`make demo`: the GPU migration on the local stack (Prefect on SQLite + the Cloud Run emulator), then one
-build → run → publish pipeline (gpuops_cli/demo_pipeline.py)."""
+build → run → publish pipeline (gpuops_cli/demo_pipeline.py) and runbook 002's EC2 migration (demo_ec2.py)."""
 from __future__ import annotations
 
 import argparse
@@ -223,8 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         stack = demo_pipeline.start_pipeline_stack(workdir, pipeline_stand_ins)
         job = demo_pipeline.run_pipeline(workdir, stack)
         page = demo_pipeline.render_dashboard(workdir, stack)
+        from gpuops_cli import demo_ec2
+
+        migration = demo_ec2.run(workdir, pipeline_stand_ins)
         report(prefect, summary)
         demo_pipeline.report(job, page, stack)
+        demo_ec2.report(migration)
         say("\nDemo finished: every step did what it says.")
         if args.keep:
             say(f"Stack kept running: the Prefect UI is at {prefect.ui_url}; Ctrl-C stops it.")
