@@ -19,7 +19,7 @@ EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_COULD_NOT_RUN = 0, 1, 2, 3
 COMMAND_MODULES = ("gpuops_cli.migration_cli", "gpuops_cli.cleanup_cli", "gpuops_cli.gpu_cli",
                    "gpuops_cli.sample_app_cli", "gpuops_cli.pipeline_cli", "gpuops_cli.hub_cli",
                    "gpuops_cli.alerts_cli", "gpuops_cli.cost_cli", "gpuops_cli.secrets_cli",
-                   "gpuops_cli.review_cli", "gpuops_cli.offers_cli", "gpuops_cli.vast_cli")
+                   "gpuops_cli.review_cli", "gpuops_cli.offers_cli", "gpuops_cli.vast_cli", "gpuops_cli.ec2_cli")
 
 
 # Each stand-in that runs alone: its default port and how it is served.
