@@ -311,6 +311,8 @@ def publish_ranking(ranking: offers.Ranking, where: str) -> dict:
     summary["chosen"] = [{"id": o["id"], "gpu_name": o["gpu_name"], "dph_total": o["dph_total"], "score": o["score"]}
                          for o in ranking.chosen]
     summary["rejected"] = [{"id": r["id"], "gpu_name": r["gpu_name"], "reasons": r["reasons"]} for r in ranking.rejected]
+    for warning in summary["warnings"]:
+        get_run_logger().warning("%s", warning)
     return summary
 
 
@@ -326,7 +328,8 @@ def assemble(run: Provisioning, ranking: dict, image_checks: list[dict], release
     measured = final.measured if final else {}
     released = {r["id"] for r in (release or {}).get("released", [])}
     kept = [i for i in run.kept() if i not in released]
-    return {"outcome": outcome_of(run), "api": run.api.where(), "instance": record, "url": run.url,
+    return {"outcome": outcome_of(run), "api": run.api.where(), "warnings": ranking["warnings"],
+            "instance": record, "url": run.url,
             "ranking": ranking, "image_checks": image_checks, "attempts": [a.as_dict() for a in run.attempts],
             "measured": measured, "estimates": {"monthly_cost": vast_plan.monthly_estimate(
                 record.get("dph_total") if record else None)} if record else {},

@@ -20,7 +20,8 @@ WEIGHTS = {"price": 40.0, "reliability": 25.0, "verified": 15.0, "datacenter": 1
 FULL_BANDWIDTH_MBPS = 1000.0  # 1 Gbps down gets the bandwidth part in full
 # The filter's fields that `gpuops offers rank` sets from a flag, so an error names both.
 FLAGS = {"gpu_name": "--gpu-name", "need_vram_gib": "--need-vram-gib", "max_dph": "--max-dph",
-         "min_reliability": "--min-reliability", "blocked_countries": "--country-blocklist"}
+         "min_reliability": "--min-reliability", "blocked_countries": "--country-blocklist",
+         "allow_default_blocked_countries": "--allow-blocked-country"}
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,10 @@ class OfferFilter:
     max_vram_gib: float | None = None
     min_compute_cap: str = PYTORCH2_MIN_COMPUTE_CAP
     min_reliability: float = DEFAULT_MIN_RELIABILITY  # an offer must be strictly above it
+    # Added to DEFAULT_BLOCKED_COUNTRIES, never instead of them (runbook 004: CN is always excluded) ...
     blocked_countries: tuple[str, ...] = DEFAULT_BLOCKED_COUNTRIES
+    # ... unless a default entry is lifted here, by name; `warnings` then says so.
+    allow_default_blocked_countries: tuple[str, ...] = ()
     allowed_countries: tuple[str, ...] | None = None
     min_inet_down_mbps: float | None = None
     max_dph: float | None = None  # USD per hour, vast.ai's dph_total (GPU + storage)
@@ -45,6 +49,16 @@ class OfferFilter:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_names", frozenset(host_rules.normalize_gpu_name(n) for n in self.gpu_names))
+        floor = tuple(c for c in DEFAULT_BLOCKED_COUNTRIES if c not in self.allow_default_blocked_countries)
+        object.__setattr__(self, "blocked_countries", tuple(dict.fromkeys(floor + tuple(self.blocked_countries))))
+
+    @property
+    def warnings(self) -> list[str]:
+        """A lifted default block, stated wherever the ranking is shown."""
+        lifted = [c for c in self.allow_default_blocked_countries if c not in self.blocked_countries]
+        return [f"default country block lifted for {', '.join(lifted)} (allow_default_blocked_countries / "
+                "--allow-blocked-country): runbook 004 excludes it; its hosts may be ranked and rented."] \
+            if lifted else []
 
     def as_dict(self) -> dict:
         data = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
@@ -141,6 +155,15 @@ def _countries(value: Any) -> tuple[str, ...]:
     return codes
 
 
+def _default_countries(value: Any) -> tuple[str, ...]:
+    codes = _countries(value)
+    stray = [c for c in codes if c not in DEFAULT_BLOCKED_COUNTRIES]
+    if stray:
+        raise ValueError(f"{', '.join(stray)} not blocked by default ({', '.join(DEFAULT_BLOCKED_COUNTRIES)}): "
+                         "this field only lifts a default block; leave it out.")
+    return codes
+
+
 def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError("give true or false.")
@@ -155,6 +178,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "gpu_name": _gpu_names, "num_gpus": _positive_int, "need_vram_gib": _gib, "max_vram_gib": _gib,
     "min_compute_cap": _compute_cap, "min_reliability": _reliability,
     "blocked_countries": _countries, "allowed_countries": _countries,
+    "allow_default_blocked_countries": _default_countries,
     "min_inet_down_mbps": lambda v: _number(v, 0, what="Mbps"), "max_dph": lambda v: _number(v, 0, what="USD per hour"),
     "verified_only": _flag, "prefer_verified": _flag, "prefer_datacenter": _flag,
 }
@@ -186,10 +210,16 @@ def _cross_checks(values: dict) -> list[str]:
     need, most = values.get("need_vram_gib"), values.get("max_vram_gib")
     if need is not None and most is not None and most < need:
         errors.append(f"max_vram_gib {most:g} is below need_vram_gib {need:g}: raise max_vram_gib or drop it.")
-    blocked = values.get("blocked_countries", DEFAULT_BLOCKED_COUNTRIES)
-    both = sorted(set(values.get("allowed_countries") or ()) & set(blocked))
+    allowed, given = set(values.get("allowed_countries") or ()), set(values.get("blocked_countries", ()))
+    both = sorted(allowed & given)
     if both:
         errors.append(f"allowed_countries and blocked_countries both name {', '.join(both)}: remove it from one.")
+    floor = sorted((allowed - given) & (set(DEFAULT_BLOCKED_COUNTRIES) - set(values.get(
+        "allow_default_blocked_countries", ()))))
+    if floor:
+        errors.append(f"allowed_countries names {', '.join(floor)}, blocked by default (runbook 004): remove it, or "
+                      f"lift the default with allow_default_blocked_countries (--allow-blocked-country "
+                      f"{floor[0]}) if it is really wanted.")
     return errors
 
 
@@ -302,6 +332,7 @@ class Ranking:
         by_rule = Counter(v["rule"] for r in self.rejected for v in r["verdicts"])
         return {
             "filter": self.filter.as_dict(),
+            "warnings": self.filter.warnings,
             "offers": len(self.chosen) + len(self.rejected),
             "chosen_count": len(self.chosen),
             "rejected_count": len(self.rejected),

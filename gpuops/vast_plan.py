@@ -365,6 +365,7 @@ def ranking_markdown(ranking, where: str, shown: int = 20) -> str:
     lines = [f"# vast.ai offers ranked ({where})",
              f"{summary['offers']} offers searched: {summary['chosen_count']} passed every guardrail, "
              f"{summary['rejected_count']} rejected ({cell(summary['rejected_by_rule'])}).", "",
+             *[f"**Warning:** {cell(w)}" for w in summary["warnings"]], *([""] if summary["warnings"] else []),
              f"## Chosen, best first (first {shown})", "",
              "| rank | offer | GPU | VRAM MiB (listed) | $/h | score | host | where | why |", "|---|---|---|---|---|---|---|---|---|"]
     for rank, offer in enumerate(ranking.chosen[:shown], start=1):
@@ -380,6 +381,7 @@ def report_markdown(result: dict) -> str:
     """The run's report: what was tried and why it ended so, measured figures (and how), estimates labelled."""
     instance = result.get("instance") or {}
     lines = [f"# provision-vast: {result['outcome']}", f"API: {result['api']}", ""]
+    lines += [f"**Warning:** {cell(w)}" for w in result.get("warnings") or []] + ([""] if result.get("warnings") else [])
     if instance:
         lines += [f"Instance **{instance.get('id')}** ({cell(instance.get('gpu_name'))}, listed "
                   f"${instance.get('dph_total')}/h) at {cell(result.get('url'))}, label `{instance.get('label')}`.", ""]

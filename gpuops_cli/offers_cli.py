@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-dph", type=float, metavar="USD", help="price cap in USD per hour (dph_total)")
     p.add_argument("--min-reliability", type=float, metavar="R",
                    help="host reliability must be above this (default and lowest 0.99)")
-    p.add_argument("--country-blocklist", metavar="CC,...", help="blocked countries (default CN)")
+    country_args(p)
     p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N",
                    help=f"print the best N (default {DEFAULT_LIMIT}; 0 for all)")
     p.add_argument("--rejected", action="store_true", help="also list every rejected offer with its reasons")
@@ -40,6 +40,14 @@ def register(subparsers) -> None:
     p.add_argument("--training", action="store_true", help="a training or build host: devel images are fine")
     _common(p)
     p.set_defaults(run=_check_image)
+
+
+def country_args(p) -> None:
+    """The blocklist flags: the operator's countries add to the default block, never replace it."""
+    p.add_argument("--country-blocklist", metavar="CC,...",
+                   help="countries to block in addition to the default CN (runbook 004), e.g. RU,BY")
+    p.add_argument("--allow-blocked-country", action="append", metavar="CC",
+                   help="lift a default block (CN) for this run; stated as a warning in the result (repeatable)")
 
 
 def _common(p) -> None:
@@ -74,7 +82,8 @@ def filter_fields(args) -> dict:
         raise BadInput(f"filter (--filter) {args.filter}: expected a JSON object of filter fields, e.g. "
                        '{"gpu_name": "RTX 3060", "need_vram_gib": 12}.')
     flags = {"gpu_name": args.gpu_name, "need_vram_gib": args.need_vram_gib, "max_dph": args.max_dph,
-             "min_reliability": args.min_reliability, "blocked_countries": args.country_blocklist}
+             "min_reliability": args.min_reliability, "blocked_countries": args.country_blocklist,
+             "allow_default_blocked_countries": args.allow_blocked_country}
     return {**fields, **{k: v for k, v in flags.items() if v is not None}}
 
 
@@ -104,6 +113,8 @@ COLUMNS = (("#", 3), ("id", 10), ("gpu", 16), ("n", 2), ("VRAM GiB", 8), ("$/h",
 def print_ranking(result: dict, show_rejected: bool) -> None:
     from gpuops.host_rules import offer_reliability
 
+    for warning in result.get("warnings") or []:
+        print(f"WARNING: {warning}")
     print("  ".join(name.ljust(width) for name, width in COLUMNS).rstrip())
     for n, offer in enumerate(result["chosen"], start=1):
         cells = (n, offer["id"], offer["gpu_name"], offer["num_gpus"], f"{offer['gpu_ram'] / 1024:.1f}",

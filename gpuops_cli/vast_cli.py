@@ -54,6 +54,8 @@ def register(subparsers) -> None:
 
 
 def _filter_args(group) -> None:
+    from gpuops_cli.offers_cli import country_args
+
     # The same flags as `gpuops offers rank`, read by its filter_fields.
     group.add_argument("--filter", metavar="FILTER.json", help="gpuops.offers filter fields as a JSON object")
     group.add_argument("--gpu-name", action="append", metavar="NAME", help="exact GPU name as vast.ai lists it "
@@ -62,7 +64,7 @@ def _filter_args(group) -> None:
                                                                         "--model-gib)")
     group.add_argument("--max-dph", type=float, metavar="USD", help="price cap in USD per hour (dph_total)")
     group.add_argument("--min-reliability", type=float, metavar="R", help="above this (default and lowest 0.99)")
-    group.add_argument("--country-blocklist", metavar="CC,...", help="blocked countries (default CN)")
+    country_args(group)
 
 
 def _release_args(p: argparse.ArgumentParser) -> None:

@@ -51,6 +51,26 @@ def test_a_cn_host_a_098_host_and_an_old_card_are_never_chosen(filter_data):
         assert offer["gpu_name"] not in ("GTX 1080", "GTX 1080 Ti", "Titan Xp")
 
 
+@pytest.mark.parametrize("blocklist", ["DE", "", [], ["DE", "RU"], "us"])
+def test_an_operator_blocklist_adds_to_the_default_cn_block_never_replaces_it(blocklist):
+    ranking = rank(SAMPLE, parse_filter({"blocked_countries": blocklist, "gpu_name": "RTX 3060"}))
+    assert 21099871 not in [o["id"] for o in ranking.chosen] and "region" in rejected_rules(ranking, 21099871)
+    assert "CN" in ranking.filter.blocked_countries and ranking.as_dict()["warnings"] == []
+    assert "CN" in vast_query(ranking.filter)["geolocation"]["notin"]
+    assert "CN" in OfferFilter(blocked_countries=()).blocked_countries
+
+
+def test_lifting_the_default_cn_block_is_explicit_and_warned():
+    ranking = rank(SAMPLE, parse_filter({"gpu_name": "RTX 3060", "allow_default_blocked_countries": "cn",
+                                         "blocked_countries": "DE"}))
+    assert ranking.filter.blocked_countries == ("DE",) and 21099871 in [o["id"] for o in ranking.chosen]
+    [warning] = ranking.as_dict()["warnings"]
+    assert "CN" in warning and "--allow-blocked-country" in warning
+    from gpuops.vast_plan import ranking_markdown
+
+    assert f"**Warning:** {warning}" in ranking_markdown(ranking, "here")
+
+
 @pytest.mark.parametrize("wanted, lookalikes", [
     ("RTX 5090", {"RTX 5090 D", "RTX PRO 6000 WS"}),
     ("RTX 3060", {"RTX 3060 Ti"}),
@@ -243,7 +263,9 @@ def test_the_need_comes_from_the_model_sizes_as_gpu_py_computes_it():
     ({"max_dph": "cheap"}, "max_dph (--max-dph) 'cheap'"),
     ({"verified_only": "yes"}, "verified_only 'yes'"),
     ({"need_vram_gib": 24, "max_vram_gib": 12}, "max_vram_gib 12 is below need_vram_gib 24"),
-    ({"allowed_countries": ["CN", "US"]}, "both name CN"),
+    ({"allowed_countries": ["CN", "US"]}, "CN, blocked by default"),
+    ({"blocked_countries": ["CN"], "allowed_countries": ["CN"]}, "both name CN"),
+    ({"allow_default_blocked_countries": ["DE"]}, "DE not blocked by default"),
     ({"second_model_gib": 1.5}, "without model_gib"),
     ({"model_gib": "big"}, "model_gib 'big'"),
 ])

@@ -68,3 +68,15 @@ def test_release_without_an_answer_keeps_the_instance_and_exits_1(gpuops, stand_
     code, result = gpuops("release-vast", "--instance", str(instance_id), "--approval-timeout", "1", "--json")
     assert code == 1 and result["kept"] == [instance_id] and result["approval"]["timed_out"]
     assert [w.action for w in stand_in.writes()] == ["create"]
+
+
+def test_a_country_blocklist_adds_to_the_cn_block_and_lifting_it_is_warned(gpuops, stand_in):
+    cn_rtx_3060 = 21099871  # the cheapest RTX 3060, in Shanghai
+    code, result = gpuops(*BASE, "--country-blocklist", "DE", "--max-offers", "1")
+    created = [w.offer_id for w in stand_in.writes("create")]
+    assert created and cn_rtx_3060 not in created and DE_RTX_3060 not in created
+    assert result["details"][0]["warnings"] == []
+    stand_in.reset()
+    code, result = gpuops(*BASE, "--allow-blocked-country", "CN", "--country-blocklist", "DE", "--max-offers", "1")
+    assert [w.offer_id for w in stand_in.writes("create")] == [cn_rtx_3060]
+    assert "CN" in result["warnings"][0] and result["ranking"]["warnings"] == result["warnings"]
