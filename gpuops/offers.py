@@ -406,8 +406,10 @@ def _scored(offer: dict, flt: OfferFilter, cheapest: float) -> dict:
 
 def vast_query(flt: OfferFilter) -> dict:
     """The filter as vast.ai's search query dict (vastai.api.offers.search_offers(query=...)): a coarse
-    pre-filter so that fewer offers come back; `rank` still judges each one. gpu_ram is in the SDK's units
-    (GB x 1000), a little looser than the need in MiB, on purpose."""
+    pre-filter so that fewer offers come back; `rank` still judges each one, so the query is never stricter
+    than `rank`. gpu_ram is in the SDK's units (GB x 1000), a little looser than the need in MiB, on purpose.
+    No compute_cap filter: an offer listing none is judged by the name table (a Tesla T4 often lists none),
+    and vast.ai's `gte` would drop it unseen."""
     query: dict[str, dict] = {}
     if flt.gpu_names:
         query["gpu_name"] = {"in": list(flt.gpu_names)} if len(flt.gpu_names) > 1 else {"eq": flt.gpu_names[0]}
@@ -415,7 +417,6 @@ def vast_query(flt: OfferFilter) -> dict:
         query["num_gpus"] = {"eq": flt.num_gpus}
     if flt.need_vram_gib is not None:
         query["gpu_ram"] = {"gte": math.floor(flt.need_vram_gib * 1000)}
-    query["compute_cap"] = {"gte": int(flt.min_compute_cap.replace(".", "")) * 10}
     query["reliability"] = {"gt": flt.min_reliability}
     geo: dict[str, list[str]] = {}
     if flt.blocked_countries:

@@ -305,10 +305,25 @@ def test_the_same_filter_as_a_vast_ai_query():
     query = vast_query(parse_filter({"gpu_name": "RTX 3060", "need_vram_gib": 12, "max_dph": 0.15,
                                      "min_inet_down_mbps": 100}))
     assert query == {"gpu_name": {"eq": "RTX 3060"}, "num_gpus": {"eq": 1}, "gpu_ram": {"gte": 12000},
-                     "compute_cap": {"gte": 700}, "reliability": {"gt": 0.99}, "geolocation": {"notin": ["CN"]},
+                     "reliability": {"gt": 0.99}, "geolocation": {"notin": ["CN"]},
                      "inet_down": {"gte": 100}, "dph_total": {"lte": 0.15}, "verified": {"eq": True}}
     two = vast_query(parse_filter({"gpu_name": ["RTX 5090", "RTX 4090"], "allowed_countries": ["US"]}))
     assert two["gpu_name"] == {"in": ["RTX 5090", "RTX 4090"]} and two["geolocation"] == {"notin": ["CN"], "in": ["US"]}
+
+
+@pytest.mark.parametrize("filter_data", [
+    {}, {"gpu_name": "Tesla T4", "need_vram_gib": 12}, {"need_vram_gib": 12, "max_dph": 0.2},
+    {"gpu_name": ["RTX 3060", "RTX 4090"], "min_compute_cap": "8.6", "blocked_countries": "DE"},
+    {"verified_only": False, "min_inet_down_mbps": 100, "allowed_countries": ["US", "NL"]},
+])
+def test_the_server_side_query_is_never_stricter_than_rank(filter_data):
+    """Every offer rank() chooses comes back from a search with vast_query (the stand-in applies it as vast.ai
+    does): the T4 listing no compute_cap among them."""
+    from gpuops.emulator.vast_api import search
+
+    flt = parse_filter(filter_data)
+    found = {o["id"] for o in search(SAMPLE, vast_query(flt))}
+    assert {o["id"] for o in rank(SAMPLE, flt).chosen} <= found
 
 
 def test_ranking_as_dict_is_one_json_object():

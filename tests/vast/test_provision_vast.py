@@ -116,6 +116,14 @@ def test_a_host_that_does_not_answer_is_abandoned_kept_and_the_next_offer_tried(
     assert f"release-vast --instance {first['instance_id']}" in result["how_to_release"]
 
 
+def test_after_the_silent_t4_the_t4_listing_no_compute_cap_is_tried(hub):
+    """The sample's Virginia T4 (machine 23060) never answers; the other T4 (20766277) lists no compute_cap, which
+    rank() takes from the name table: the search must return it too, so the run goes on to it."""
+    result = provision_vast(**provision_args(wait_s=1.5))
+    assert [(a["offer_id"], a["outcome"]) for a in result["attempts"]] == [(20766101, ABANDONED), (20766277, READY)]
+    assert writes(hub) == [("create", 20766101), ("create", 20766277)]
+
+
 def test_with_approval_the_abandoned_instance_is_stopped_and_nothing_else(hub, prefect_api):
     hub.machines[DE_MACHINE] = Machine("rtx3060_12gb", SILENT)
     hub.machines[OHIO_MACHINE] = Machine("rtx3060_12gb")
