@@ -86,14 +86,25 @@ def provision_parameters(args) -> dict:
     return {**{name: getattr(args, name) for name in names}, "offer_filter": filter_fields(args)}
 
 
+def _flows(args):
+    """flows.provision_vast, imported: Prefect sets up its console handlers on that import (`import prefect.logging`
+    alone does not), so cli's filter of failure records is applied again now that they exist."""
+    import flows.provision_vast as module
+
+    if not args.verbose:
+        from gpuops_cli.cli import _quiet_prefect_failures
+
+        _quiet_prefect_failures()
+    return module
+
+
 def _provision(args):
     from gpuops import vast_plan
 
     parameters = provision_parameters(args)
     # Refused here, naming the flag, before a flow run exists.
     vast_plan.check_request(**{k: v for k, v in parameters.items() if k not in FLOW_ONLY})
-    from flows.provision_vast import provision_vast
-
+    provision_vast = _flows(args).provision_vast
     print("gpuops provision-vast: abandoned instances pause the run for an approval; how to answer is printed "
           "when it pauses.", file=sys.stderr)
     return provision_vast(**parameters)
@@ -103,8 +114,7 @@ def _release(args):
     from gpuops import vast_plan
 
     vast_plan.check_release(args.instance_ids, args.approval_timeout_s, args.api_key_secret)
-    from flows.provision_vast import release_vast
-
+    release_vast = _flows(args).release_vast
     print("gpuops release-vast: the run pauses for an approval; how to answer (Prefect UI or "
           "POST /api/flow_runs/{id}/resume) is printed below once it pauses.", file=sys.stderr)
     result = release_vast(args.instance_ids, approval_timeout_s=args.approval_timeout_s,

@@ -1,6 +1,9 @@
 """`gpuops provision-vast` and `gpuops release-vast`: one JSON object, exit 0 done / 1 check failed / 2 bad input /
 3 could not run, against the vast.ai stand-in and a real Prefect server."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -80,3 +83,14 @@ def test_a_country_blocklist_adds_to_the_cn_block_and_lifting_it_is_warned(gpuop
     code, result = gpuops(*BASE, "--allow-blocked-country", "CN", "--country-blocklist", "DE", "--max-offers", "1")
     assert [w.offer_id for w in stand_in.writes("create")] == [cn_rtx_3060]
     assert "CN" in result["warnings"][0] and result["ranking"]["warnings"] == result["warnings"]
+
+
+def test_an_expected_failure_prints_one_line_without_a_traceback(prefect_api, registry, stand_in, tmp_path):
+    """As the operator sees it (a subprocess, no --json, no --verbose): the check failed in one line on stderr."""
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "prefect")}
+    args = [a for a in BASE if a != "--json"] + ["--max-dph", "0.01"]
+    done = subprocess.run([sys.executable, "-m", "gpuops_cli.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "| ERROR" not in done.stderr
+    assert lines[-1].startswith("gpuops: no vast.ai offer") and sum("no vast.ai offer" in line for line in lines) <= 2
