@@ -186,7 +186,10 @@ _NEED_FIELDS = ("model_gib", "second_model_gib", "headroom")
 
 
 def _need(data: dict, values: dict) -> list[str]:
-    """need_vram_gib from the model sizes (the larger of it and an explicit need_vram_gib wins)."""
+    """need_vram_gib from the model sizes; an explicit need_vram_gib beside them is refused (neither wins silently)."""
+    if data.get("model_gib") is not None and data.get("need_vram_gib") is not None:
+        return [f"model_gib {data['model_gib']!r} and {_field('need_vram_gib')} {data['need_vram_gib']!r} are both "
+                "given: give model_gib (the need is then (weights + second) x 1.2) or need_vram_gib, not both."]
     if data.get("model_gib") is None:
         stray = [k for k in _NEED_FIELDS[1:] if data.get(k) is not None]
         return [f"{', '.join(stray)} given without model_gib: give model_gib (the weights in GiB) too."] \
@@ -201,7 +204,7 @@ def _need(data: dict, values: dict) -> list[str]:
     if errors:
         return errors
     need = vram_need_gib(sizes["model_gib"], sizes.get("second_model_gib", 0), sizes.get("headroom", 0.2))
-    values["need_vram_gib"] = max(need, values.get("need_vram_gib") or 0)
+    values["need_vram_gib"] = need
     return []
 
 

@@ -58,9 +58,16 @@ def connect(api_key_secret: str | None = None) -> Vast:
     The SDK's own retries are off (retry=1): gpuops.retry retries transient errors, once, in one place."""
     from gpuops.probe_auth import HeaderSecret
 
-    secret = HeaderSecret(header="Authorization (vast.ai API key)", secret_block=api_key_secret or None,
-                          env_var=KEY_ENV)
-    key = secret.load()  # BadInput naming the block or the variable when missing
+    secret = HeaderSecret(header="Authorization", secret_block=api_key_secret or None, env_var=KEY_ENV)
+    try:
+        key = secret.load()
+    except BadInput as exc:
+        if api_key_secret and "was not found" in str(exc):
+            raise  # names the block and how to save it
+        # HeaderSecret's own wording names probe-auth's flags (--api-key-env); these commands have others.
+        raise BadInput(f"{secret.where()} holds no usable vast.ai API key (unset, empty, or not one line of "
+                       f"printable ASCII): set {KEY_ENV} or pass --api-key-secret BLOCK (a Prefect Secret block "
+                       "holding the key).") from None
     from vastai import VastAI
 
     url = endpoint()

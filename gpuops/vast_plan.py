@@ -114,7 +114,14 @@ def _filter(offer_filter: Any, model_gib: Any, second_model_gib: Any) -> OfferFi
     if isinstance(data, dict) and model_gib is not None:
         if data.get("model_gib") is not None:
             raise BadInput("model_gib is given twice (as --model-gib and in the offer filter): give it once.")
-        data.update(model_gib=model_gib, second_model_gib=second_model_gib or None)
+        if data.get("need_vram_gib") is not None:
+            # Two answers to one question: neither silently wins.
+            raise BadInput(f"model_gib (--model-gib) {model_gib!r} and need_vram_gib (--need-vram-gib) "
+                           f"{data['need_vram_gib']!r} are both given: give --model-gib (the need is then (weights + "
+                           "second) x 1.2) or --need-vram-gib (the need itself), not both.")
+        data.update(model_gib=params.number("model_gib", model_gib, low=0, low_open=True, unit="GiB", example="8"),
+                    second_model_gib=params.number("second_model_gib", second_model_gib or 0, low=0, unit="GiB",
+                                                   example="4") or None)
     flt = parse_filter(data)
     if flt.need_vram_gib is None:
         raise BadInput("model_gib (--model-gib) is missing: give the model's weights in GiB (and --second-model-gib "
@@ -180,8 +187,8 @@ def check_release(instance_ids: Any, approval_timeout_s: Any, api_key_secret: An
     """release-vast's request: instance ids (whole numbers, at least one), the approval's timeout, the key's place."""
     ids = instance_ids if isinstance(instance_ids, (list, tuple)) else [instance_ids]
     if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in ids):
-        raise params.bad("instance_ids", instance_ids, "is not a list of vast.ai instance ids",
-                         "pass e.g. --instance 9100001 (repeatable)")
+        raise BadInput(f"instance_ids (--instance) {instance_ids!r} is not a list of vast.ai instance ids (whole "
+                       "numbers from 1): pass e.g. --instance 9100001 (repeatable).")
     return list(dict.fromkeys(ids)), _approval_timeout(approval_timeout_s), _secret_name(api_key_secret)
 
 

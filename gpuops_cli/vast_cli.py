@@ -68,7 +68,8 @@ def _filter_args(group) -> None:
 
 
 def _release_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--approval-timeout", dest="approval_timeout_s", type=int, default=3600, metavar="SECONDS",
+    # --approval-timeout-s is the name errors use (the flow's approval_timeout_s); --approval-timeout stays.
+    p.add_argument("--approval-timeout-s", "--approval-timeout", dest="approval_timeout_s", type=int, default=3600, metavar="SECONDS",
                    help="how long a release waits for approval; no answer keeps the instances (default 3600)")
     p.add_argument("--api-key-secret", metavar="BLOCK", help="Prefect Secret block holding the vast.ai API key "
                                                             "(default: VAST_API_KEY)")

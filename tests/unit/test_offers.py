@@ -243,7 +243,8 @@ def test_a_whole_filter_parses():
 
 def test_the_need_comes_from_the_model_sizes_as_gpu_py_computes_it():
     assert parse_filter({"model_gib": 7.5, "second_model_gib": 1.5}).need_vram_gib == pytest.approx(10.8)
-    assert parse_filter({"model_gib": 7.5, "need_vram_gib": 12}).need_vram_gib == 12  # the larger wins
+    with pytest.raises(BadInput, match="model_gib 7.5 and need_vram_gib .--need-vram-gib. 12 are both given"):
+        parse_filter({"model_gib": 7.5, "need_vram_gib": 12})
 
 
 @pytest.mark.parametrize("data, field", [

@@ -104,8 +104,9 @@ def test_a_wrong_key_is_bad_input_never_retried_and_never_shown(stand_in, monkey
         link = link.__context__
     assert [(r.status, r.action) for r in stand_in.requests()] == [(401, "refused")]
     monkeypatch.delenv("VAST_API_KEY")
-    with pytest.raises(BadInput, match="VAST_API_KEY"):
+    with pytest.raises(BadInput, match="set VAST_API_KEY or pass --api-key-secret BLOCK") as missing:
         vast.connect()
+    assert "--api-key-env" not in str(missing.value) and "header" not in str(missing.value)
 
 
 def test_stop_and_destroy_are_requests_of_their_own_and_destroy_says_when_it_was_already_gone(stand_in):

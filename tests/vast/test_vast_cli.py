@@ -94,3 +94,39 @@ def test_an_expected_failure_prints_one_line_without_a_traceback(prefect_api, re
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and "Traceback" not in done.stderr and "| ERROR" not in done.stderr
     assert lines[-1].startswith("gpuops: no vast.ai offer") and sum("no vast.ai offer" in line for line in lines) <= 2
+
+
+def named_flags_exist(command: str, message: str) -> bool:
+    """Every --flag an error names is one the command takes."""
+    import re
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, type(parser._subparsers._group_actions[0])))
+    known = set(commands.choices[command]._option_string_actions)
+    named = set(re.findall(r"--[a-z][a-z-]*[a-z]", message))
+    assert named and named <= known, f"{sorted(named - known)} named, not flags of {command}"
+    return True
+
+
+@pytest.mark.parametrize("args, named", [
+    (("--approval-timeout", "0"), "approval_timeout_s (--approval-timeout-s)"),
+    (("--model-gib", "-8"), "model_gib (--model-gib)"),
+])
+def test_provision_errors_name_real_flags(gpuops, stand_in, args, named):
+    code, result = gpuops(*BASE, *args)
+    assert code == 2 and named in result["message"] and named_flags_exist("provision-vast", result["message"])
+
+
+def test_release_errors_name_real_flags(gpuops, stand_in, monkeypatch):
+    code, result = gpuops("release-vast", "--instance", "0", "--json")
+    assert code == 2 and "(--instance)" in result["message"] and named_flags_exist("release-vast", result["message"])
+    monkeypatch.delenv("VAST_API_KEY")
+    code, result = gpuops("release-vast", "--instance", "9100001", "--json")
+    assert code == 2 and "set VAST_API_KEY or pass --api-key-secret BLOCK" in result["message"]
+    assert named_flags_exist("release-vast", result["message"])
+
+
+def test_model_gib_and_need_vram_gib_together_are_refused_naming_both(gpuops, stand_in):
+    code, result = gpuops(*BASE, "--model-gib", "8", "--need-vram-gib", "4")
+    assert code == 2 and "--model-gib" in result["message"] and "--need-vram-gib" in result["message"]
+    assert stand_in.requests() == []
