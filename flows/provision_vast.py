@@ -412,9 +412,12 @@ def provision_vast(
     api = vast.connect(request.api_key_secret)
     ranking = offers.rank(search_offers(api, request.filter), request.filter)
     summary = publish_ranking(ranking, api.where())
+    if not summary["offers"]:
+        raise CheckFailed(offers.no_offers_message(request.filter, api.where()), [summary])
     if not ranking.chosen:
         raise CheckFailed(f"no vast.ai offer passed the guardrails ({summary['offers']} searched, rejected by rule: "
-                          f"{summary['rejected_by_rule']}); nothing was rented. Fix: widen the filter.", [summary])
+                          f"{summary['rejected_by_rule']}); nothing was rented. Fix: loosen the filter where those rules point (the "
+                          "vast-offer-ranking artifact lists every offer's failed rules).", [summary])
     run = Provisioning(api, request, script, str(runtime.flow_run.id))
     try:
         run.try_offers(ranking.chosen)

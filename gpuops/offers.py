@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from gpuops import host_rules
 from gpuops.errors import BadInput
-from gpuops.gpu import PYTORCH2_MIN_COMPUTE_CAP, cap_tuple, vram_need_gib
+from gpuops.gpu import MIB_PER_GIB, PYTORCH2_MIN_COMPUTE_CAP, cap_tuple, vram_need_gib
 from gpuops.host_rules import DEFAULT_BLOCKED_COUNTRIES, DEFAULT_MIN_RELIABILITY, Verdict
 
 # Fields an offer must carry to be judged at all (vast.ai's raw search results always have them).
@@ -436,3 +436,31 @@ def vast_query(flt: OfferFilter) -> dict:
         query["verified"] = {"eq": True}
     return query
 
+
+
+def no_offers_message(flt: OfferFilter, where: str) -> str:
+    """Why an empty search came back: the query's constraining fields, tightest first, each with how to loosen it."""
+    parts = []
+    if flt.gpu_names:
+        parts.append(f"gpu_name {' or '.join(map(repr, flt.gpu_names))} (--gpu-name: add another exact name, or "
+                     "leave it out for any card meeting the rest)")
+    if flt.need_vram_gib is not None:
+        parts.append(f"VRAM per GPU at least {flt.need_vram_gib * MIB_PER_GIB:.0f} MiB ({flt.need_vram_gib:g} GiB; "
+                     "a smaller or quantized model needs less)")
+    if flt.max_dph is not None:
+        parts.append(f"dph_total at most ${flt.max_dph:g}/h (--max-dph: raise it)")
+    if flt.min_reliability > DEFAULT_MIN_RELIABILITY:
+        parts.append(f"reliability above {flt.min_reliability:g} (--min-reliability: lower it, to "
+                     f"{DEFAULT_MIN_RELIABILITY} at least)")
+    if flt.allowed_countries:
+        parts.append(f"allowed_countries {', '.join(flt.allowed_countries)} (add countries or leave it out)")
+    extra = [c for c in flt.blocked_countries if c not in DEFAULT_BLOCKED_COUNTRIES]
+    if extra:
+        parts.append(f"blocked countries {', '.join(extra)} beyond the default (--country-blocklist)")
+    if flt.min_inet_down_mbps is not None:
+        parts.append(f"inet_down at least {flt.min_inet_down_mbps:g} Mbps (min_inet_down_mbps: lower it)")
+    if flt.num_gpus is not None and flt.num_gpus > 1:
+        parts.append(f"num_gpus {flt.num_gpus}")
+    constraints = "; ".join(parts) or "only the guardrails' own (verified host, reliability, country)"
+    return (f"the vast.ai search at the {where} returned no offers for the query, so nothing was ranked or rented. "
+            f"It asked for: {constraints}. Fix: loosen one of these and run again.")

@@ -327,6 +327,14 @@ def test_the_server_side_query_is_never_stricter_than_rank(filter_data):
     assert {o["id"] for o in rank(SAMPLE, flt).chosen} <= found
 
 
+def test_an_empty_search_names_the_query_fields_to_loosen():
+    from gpuops.offers import no_offers_message
+
+    text = no_offers_message(parse_filter({"gpu_name": "Tesla T4", "need_vram_gib": 20, "max_dph": 0.05}), "API")
+    assert "returned no offers" in text and "'Tesla T4'" in text and "20480 MiB" in text and "$0.05/h" in text
+    assert "0 searched" not in text and "widen" not in text
+
+
 def test_ranking_as_dict_is_one_json_object():
     ranking = rank(SAMPLE, parse_filter({"need_vram_gib": 12}))
     data = json.loads(json.dumps(ranking.as_dict(limit=3)))
