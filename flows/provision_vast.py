@@ -457,10 +457,11 @@ def release_vast(instance_ids: list[int], approval_timeout_s: int = 3600,
     api = vast.connect(secret)
     found = {i: vast.show_instance(api, i) for i in ids}
     missing = [i for i, record in found.items() if record is None]
-    candidates = [record for record in found.values() if record is not None]
-    if not candidates:
-        raise CheckFailed(f"none of the instances {ids} exists for this API key at the {api.where()}: nothing to "
-                          "release.")
+    if missing:  # a mistyped id: refused whole, before anyone is asked
+        raise BadInput(f"instance_ids (--instance): {', '.join(map(str, missing))} not found for this API key at the "
+                       f"{api.where()}; nothing was asked or released. Fix: pass only ids of your instances "
+                       "(`vastai show instances`).")
+    candidates = list(found.values())
     outcome = apply_release(api, ask_release(candidates, timeout, "Asked for by release-vast."), candidates)
-    return {"api": api.where(), "instances": [vast_plan.instance_record(c) for c in candidates], "not_found": missing,
+    return {"api": api.where(), "instances": [vast_plan.instance_record(c) for c in candidates],
             **outcome, "how_to_release": vast_plan.release_help(outcome["kept"]) if outcome["kept"] else None}

@@ -134,3 +134,14 @@ def test_model_gib_and_need_vram_gib_together_are_refused_naming_both(gpuops, st
     code, result = gpuops(*BASE, "--model-gib", "8", "--need-vram-gib", "4")
     assert code == 2 and "--model-gib" in result["message"] and "--need-vram-gib" in result["message"]
     assert stand_in.requests() == []
+
+
+def test_release_refuses_unknown_instance_ids_before_asking(gpuops, stand_in):
+    from gpuops import vast
+
+    instance_id, _ = vast.create_instance(vast.connect(), DE_RTX_3060, label="gpuops-manual", image="x", env={},
+                                          onstart="", disk_gb=10)
+    code, result = gpuops("release-vast", "--instance", str(instance_id), "--instance", "424242", "--json")
+    assert code == 2 and result["error"] == "bad-input" and "424242 not found" in result["message"]
+    assert str(instance_id) not in result["message"].split("not found")[0].split(":")[-1]
+    assert [w.action for w in stand_in.writes()] == ["create"]
