@@ -639,7 +639,14 @@ class VastApiEmulator(LoopbackServer):
 
 
 def serve(port: int = 8795, api_key: str | None = None) -> None:
-    """Run the stand-in in the foreground until interrupted."""
+    """Run the stand-in in the foreground until interrupted (Ctrl-C or SIGTERM: either stops its hosts, which run
+    in sessions of their own and would outlive it)."""
+    import signal
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
     emulator = VastApiEmulator(api_key=api_key, port=port)
     emulator.serve_forever(lambda: f"{VAST_EMULATOR_LABEL}\nlistening on {emulator.url}  "
                                    f"(GPUOPS_VAST_API={emulator.url} VAST_API_KEY={emulator.api_key})")
