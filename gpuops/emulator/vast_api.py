@@ -39,6 +39,11 @@ OPERATORS = ("eq", "neq", "gt", "gte", "lt", "lte", "in", "notin")
 CARD_BY_NAME = {"Tesla T4": "t4", "L4": "l4", "A100 PCIE": "a100_80gb", "A100 SXM4": "a100_80gb",
                 "H100 SXM": "h100", "H100 PCIE": "h100", "GTX 1080": "gtx1080"}
 
+# Only real public readings (shared/FACTS.md) are emulated: a card without one (an RTX 4090) is not faked.
+RENTABLE_HINT = (f"--gpu-name with one of {', '.join(repr(n) for n in ['RTX 3060', *CARD_BY_NAME])} (e.g. --gpu-name "
+                 "'Tesla T4'); or add a real nvidia-smi reading to gpuops/data/nvidia_smi and the machine to "
+                 "gpuops.emulator.vast_api's tables.")
+
 
 @dataclass(frozen=True)
 class Machine:
@@ -274,8 +279,8 @@ class VastState:
             machine = self.machines.get(offer.get("machine_id")) or Machine(_card_for(offer))
             if machine.card is None and offer.get("num_gpus"):
                 raise VastError(400, "invalid_args", f"{VAST_EMULATOR_LABEL}: no recorded reading for machine "
-                                                     f"{offer.get('machine_id')} ({offer.get('gpu_name')}): add it "
-                                                     "to the stand-in's machine table")
+                                                     f"{offer.get('machine_id')} ({offer.get('gpu_name')}), so it "
+                                                     f"cannot boot it. Choose a card it can rent: {RENTABLE_HINT}")
             offer.update(rentable=False, rented=True)
             instance = self._new_instance(offer, body, machine, variables, ports)
             self.instances[instance.record["id"]] = instance

@@ -52,3 +52,14 @@ def test_sigterm_stops_the_stand_ins_hosts(monkeypatch):
     finally:
         if server.poll() is None:
             os.kill(server.pid, signal.SIGKILL)
+
+
+def test_a_card_without_a_real_reading_is_refused_saying_which_cards_can_be_rented(stand_in):
+    import pytest
+
+    from gpuops import vast
+
+    with pytest.raises(vast.VastRefused) as refused:
+        vast.create_instance(vast.connect(), 20877444, label="rtx4090", image="x", env={}, onstart="", disk_gb=10)
+    assert refused.value.status == 400 and "RTX 4090" in refused.value.msg
+    assert "--gpu-name" in refused.value.msg and "'Tesla T4'" in refused.value.msg
