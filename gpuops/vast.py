@@ -43,9 +43,10 @@ class Vast:
     sdk: Any = field(repr=False, compare=False)
 
     def where(self) -> str:
-        if self.endpoint.startswith("http://127.0.0.1"):
-            return f"gpuops vast.ai stand-in at {self.endpoint} (not vast.ai)"
-        return f"vast.ai API at {self.endpoint}"
+        # Named from the URL only (nothing asked): any other address is the operator's, not known to be the stand-in.
+        if self.endpoint.rstrip("/") == VAST_API:
+            return f"vast.ai API at {self.endpoint}"
+        return f"vast.ai API at {self.endpoint} (from {API_ENV} or VAST_URL: not vast.ai's own)"
 
 
 def endpoint() -> str:
@@ -176,7 +177,7 @@ def _translated(vast: Vast, what: str, response) -> Exception:
     """An HTTP error as gpuops tells them apart, holding no request (whose headers carry the key)."""
     status = response.status_code if response is not None else 0
     body = _json(response)
-    error, msg = str(body.get("error") or ""), str(body.get("msg") or body.get("message") or "")[:300]
+    error, msg = str(body.get("error") or ""), clipped(str(body.get("msg") or body.get("message") or ""), 600)
     if status == 429 or status >= 500:
         from gpuops.hub_publish import retry_after_s
 
@@ -196,6 +197,13 @@ def _json(response) -> dict:
     return body if isinstance(body, dict) else {}
 
 
+def clipped(text: str, limit: int) -> str:
+    """At most `limit` characters, cut between words and marked, never mid-word."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:") + " [...]"
+
+
 def _brief(exc: BaseException) -> str:
-    first = (str(exc).splitlines() or [""])[0][:200]
+    first = clipped((str(exc).splitlines() or [""])[0], 200)
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

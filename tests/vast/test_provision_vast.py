@@ -204,7 +204,7 @@ def test_a_173_gb_image_is_refused_before_anything_is_searched(hub):
 def test_an_unreachable_api_is_could_not_run(hub, monkeypatch):
     monkeypatch.setenv("GPUOPS_VAST_API", "http://127.0.0.1:9")
     monkeypatch.setenv("GPUOPS_RETRY_ATTEMPTS", "2")
-    with pytest.raises(CouldNotRun, match="search offers: the gpuops vast.ai stand-in .* did not answer"):
+    with pytest.raises(CouldNotRun, match="search offers: the vast.ai API at http://127.0.0.1:9 .* did not answer"):
         provision_vast(**provision_args())
 
 

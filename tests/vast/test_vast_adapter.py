@@ -89,8 +89,16 @@ def test_transient_errors_are_retried_and_out_of_retries_is_could_not_run(stand_
     with pytest.raises(CouldNotRun, match="did not answer after retries"):
         vast.search_offers(api, {})
     monkeypatch.setenv("GPUOPS_VAST_API", "http://127.0.0.1:9")  # nothing listens there
-    with pytest.raises(CouldNotRun, match="stand-in at http://127.0.0.1:9"):
+    with pytest.raises(CouldNotRun, match=r"vast.ai API at http://127.0.0.1:9 \(from GPUOPS_VAST_API or VAST_URL: "
+                                          "not vast.ai's own\)") as unreachable:
         vast.search_offers(vast.connect(), {})
+    assert "stand-in" not in str(unreachable.value)  # nothing asked says what answers there
+
+
+def test_long_error_text_is_cut_between_words():
+    text = "word " * 200
+    assert vast.clipped(text, 48) == "word word word word word word word word word [...]"
+    assert vast.clipped("short", 48) == "short"
 
 
 def test_a_wrong_key_is_bad_input_never_retried_and_never_shown(stand_in, monkeypatch):
