@@ -320,6 +320,7 @@ def ask_to_stop(run: Run, backend: ElasticIpBackend, old: ec2.Instance | None, c
     stop_cmd = f"aws ec2 stop-instances --instance-ids {old.id}"
     if not request.ask_to_stop_old:
         return f"{old.id} left running (ask_to_stop_old is off): stop it when ready: {stop_cmd}"
+    must_serve(run, candidate.id, old.id, "before asking")
     question = (f"stop the old instance {old.id} ({old.type})? The Elastic IP {run.address.public_ip} now serves "
                 f"{candidate.id} ({candidate.type}).")
     decision = approvals.ask(question, StopOldInstance, request.stop_approval_timeout_s,
@@ -334,9 +335,30 @@ def ask_to_stop(run: Run, backend: ElasticIpBackend, old: ec2.Instance | None, c
     if state is None or state.phase != PROMOTED or live.serving.get(candidate.id) != 100 or state.stable != old.id:
         raise CheckFailed(f"the Elastic IP {run.address.public_ip} changed while waiting for the approval (it now "
                           f"serves {', '.join(live.serving) or 'nothing'}): {old.id} was not stopped.")
+    must_serve(run, candidate.id, old.id, "after the approval")
     now_state = stop_old(api, old.id)
     note = decision.answer.get("note", "")
     return f"{old.id} stopped on approval ({note!r}, flow run {decision.flow_run_id}); EC2 reports it {now_state}."
+
+
+@task(name="check-new-instance-serves", cache_policy=NO_CACHE, persist_result=False)
+def must_serve(run: Run, candidate_id: str, old_id: str, when: str) -> None:
+    """The old instance is stopped only while the new one runs and answers healthy through the Elastic IP
+    (the switch's own checks): a finished migration's record says nothing about the new instance today."""
+    instance = ec2.describe_instance(run.api, candidate_id)
+    if instance is None or instance.state != "running":
+        wrong = f"{candidate_id} is {instance.state if instance else 'gone'}, not running"
+    else:
+        url = f"http://{run.address.public_ip}:{run.request.app_port}"
+        with HostClient(url, timeout_s=HOST_TIMEOUT_S) as client:
+            latency = client.latency(run.request.latency_samples, run.request.health_path, warmup=True)
+        failed = judge_latency(latency, run.request.latency_target_ms)
+        wrong = f"{candidate_id} runs but fails through the Elastic IP: {' '.join(failed)}" if failed else ""
+    if wrong:
+        run.facts["outcome"] = f"the new instance {candidate_id} does not serve: {old_id} left running"
+        raise CheckFailed(f"not stopping {old_id} ({when}): {wrong}. {old_id} was left running. Start or fix "
+                          f"{candidate_id} (aws ec2 start-instances --instance-ids {candidate_id}), or move the "
+                          f"Elastic IP back: `{run.commands()[1]}`.")
 
 
 def costs(run: Run, old_type: str, zone: str | None) -> dict:

@@ -251,3 +251,31 @@ def test_the_network_stand_in_refuses_addresses_no_running_instance_holds(world)
         world.ec2.stop_instances(InstanceIds=[world.instance_id])
         refused = client.get(f"http://{world.elastic_ip}:55433/healthz")
     assert refused.status_code == 502 and "stopped" in refused.json()["error"]
+
+
+def test_a_rerun_does_not_stop_the_old_instance_while_the_new_one_is_stopped(world):
+    first = migrate(world)  # migrated, the old instance left running (ask_to_stop_old off)
+    new_id = first["new"]["id"]
+    world.ec2.stop_instances(InstanceIds=[new_id])  # the new instance stops: the Elastic IP answers 502
+    with pytest.raises(CheckFailed, match=f"not stopping {world.instance_id}") as refused:
+        migrate(world, ask_to_stop_old=True, stop_approval_timeout_s=30)  # no approver: refused before asking
+    assert f"{new_id} is stopped" in str(refused.value) and "left running" in str(refused.value)
+    assert instance(world, world.instance_id)["State"]["Name"] == "running"
+
+
+def test_the_new_instance_is_checked_again_after_the_approval(world, prefect_api):
+    new_id = migrate(world)["new"]["id"]
+
+    def stop_new_then_approve():
+        from tests.flows.approvals import paused_run
+
+        paused_run(FLOW)
+        world.ec2.stop_instances(InstanceIds=[new_id])  # it stops while the question waits
+        answer(prefect_api, FLOW, {"approve": True, "note": "stop it"})
+
+    approver = threading.Thread(target=stop_new_then_approve, daemon=True)
+    approver.start()
+    with pytest.raises(CheckFailed, match="after the approval"):
+        migrate(world, ask_to_stop_old=True)
+    approver.join(30)
+    assert instance(world, world.instance_id)["State"]["Name"] == "running"
