@@ -11,6 +11,7 @@ from typing import Optional
 
 from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 from prefect.input import RunInput
 
 from flows.common import notify
@@ -24,6 +25,7 @@ from gpuops.traffic import PROMOTED, CanaryState, Gates, Window
 
 HOST_TIMEOUT_S = 10.0  # each health request; a slower answer counts as failed
 WATCH_INTERVAL_S = 0.1  # one request through the Elastic IP this often while the rollout runs
+PRISTINE = "stopped before any change"  # the outcome until the run changes something
 
 
 class StopOldInstance(RunInput):
@@ -361,6 +363,38 @@ def must_serve(run: Run, candidate_id: str, old_id: str, when: str) -> None:
                           f"Elastic IP back: `{run.commands()[1]}`.")
 
 
+def left_over(run: Run, backend: ElasticIpBackend) -> str:
+    """What a run stopped part-way leaves, read live (the launched instances, where the Elastic IP is) and put
+    in the report's outcome and Next: the operator's message and the report say the same."""
+    resume, back = run.commands()
+    old_id = (run.facts.get("old") or {}).get("id")
+    try:
+        launched = [i for i in ec2.find_instances(run.api, {ec2.MIGRATION_TAG: run.address.allocation_id})
+                    if i.id != old_id]
+        live = backend.read()
+    except Exception as exc:  # the API is what failed, maybe: say where to look instead
+        return (f"what it left could not be read ({type(exc).__name__}): look for instances tagged "
+                f"{ec2.MIGRATION_TAG}={run.address.allocation_id}. Resume: `{resume}`; undo: `{back}`.")
+    now_on = ", ".join(live.serving) or "no instance"
+    if not launched:
+        return f"no GPU instance was launched and the Elastic IP {run.address.public_ip} is on {now_on}: run " \
+               f"`{resume}` again."
+    ids = [i.id for i in launched]
+    moved = now_on in ids
+    if "new" not in run.facts:
+        last = launched[-1]
+        run.facts["new"] = {"id": last.id, "type": last.type, "image_id": last.image_id,
+                            "origin": "launched for this Elastic IP (found by its tag)"}
+    where = f"was moved to {now_on}" if moved else f"did not move (it is on {now_on})"
+    terminate = f"aws ec2 terminate-instances --instance-ids {' '.join(ids)}"
+    undo = (f"`{back}` (moves the Elastic IP back), then terminate: {terminate}" if moved or
+            (live.state and live.state.live) else f"terminate (the Elastic IP never moved): {terminate}")
+    run.facts["outcome"] = f"stopped part-way: {', '.join(ids)} launched, the Elastic IP {where}"
+    run.facts["next"] = [f"resume: `{resume}` (it reuses {ids[-1]})", f"or undo: {undo}"]
+    return (f"GPU instance {', '.join(f'{i.id} ({i.type}, {i.state})' for i in launched)} is left (billed while it "
+            f"runs); the Elastic IP {run.address.public_ip} {where}. Resume: `{resume}`; or undo: {undo}.")
+
+
 def costs(run: Run, old_type: str, zone: str | None) -> dict:
     types = tuple(dict.fromkeys((old_type, run.request.instance_type)))
     history = spot_history(run.api, types)
@@ -533,7 +567,7 @@ def ec2_gpu_migration(
     api = ec2.Ec2(request.region)
     address = read_current(api, request)
     run = Run(request, api, address)
-    run.facts.update(elastic_ip=address.public_ip, api=api.label(), outcome="stopped before any change",
+    run.facts.update(elastic_ip=address.public_ip, api=api.label(), outcome=PRISTINE,
                      proxy=proxy_shown(os.environ.get(PROXY_ENV)))
     resume, back = run.commands()
     backend = ElasticIpBackend(api, address.allocation_id, request.app_port, resume_command=resume,
@@ -543,5 +577,12 @@ def ec2_gpu_migration(
             return roll_back(run, backend)
         return migrate(run, backend, str(runtime.flow_run.id or ""),
                        lambda subject, body: notify(notification_block, subject, body))
+    except (KeyboardInterrupt, TerminationSignal) as exc:  # Ctrl-C, or SIGTERM (Prefect's bridge raises this)
+        how = "SIGTERM" if isinstance(exc, TerminationSignal) else "Ctrl-C (SIGINT)"
+        raise CouldNotRun(f"interrupted by {how}: {left_over(run, backend)}") from None
+    except Exception:
+        if run.facts["outcome"] == PRISTINE:  # a launched instance must not go unreported
+            left_over(run, backend)
+        raise
     finally:
         publish(run)

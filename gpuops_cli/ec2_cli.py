@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 
 from gpuops.errors import BadInput
 
@@ -85,4 +86,26 @@ def _ec2_migrate(args):
     parameters = flow_parameters(args)
     from flows.ec2_gpu_migration import ec2_gpu_migration
 
-    return ec2_gpu_migration(**parameters)
+    with sigterm_as_interrupt():
+        return ec2_gpu_migration(**parameters)
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a `kill`, a supervisor's stop) answered like Ctrl-C: one JSON object and exit 3 saying what was
+    left, instead of a silent death mid-migration. Inside the flow Prefect's own bridge turns it into
+    TerminationSignal, which the flow answers the same way; this covers the moments around the flow."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        before = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -65,3 +65,30 @@ def test_an_unreachable_ec2_api_exits_3_with_one_json_object(gpuops, world, monk
     monkeypatch.setenv("GPUOPS_RETRY_ATTEMPTS", "2")
     code, body = gpuops(*fast(world))
     assert code == 3 and body["error"] == "could-not-run" and "EndpointConnectionError" in body["message"]
+
+
+def test_sigterm_mid_migration_exits_3_with_one_object_naming_what_is_left(world, prefect_api):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # The new instance's app never answers healthy: the run waits for it, with the instance launched.
+    args = [*fast(world), "--answering-within-s", "120", "--tags", "gpuops-emulator:app-fail=all", "--json"]
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_LOGGING_LEVEL": "WARNING"}
+    cli_run = subprocess.Popen([sys.executable, "-m", "gpuops_cli.cli", "ec2-migrate", *args], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not launched(world) and time.monotonic() < deadline and cli_run.poll() is None:
+        time.sleep(0.2)
+    [new] = launched(world)
+    time.sleep(1.0)  # into the wait for its app
+    cli_run.send_signal(signal.SIGTERM)
+    out, err = cli_run.communicate(timeout=60)
+    assert cli_run.returncode == 3, err[-2000:]
+    body = json.loads(out)  # exactly one object
+    assert body["error"] == "could-not-run" and "SIGTERM" in body["message"]
+    assert new["InstanceId"] in body["message"] and "--rollback" not in body["message"]  # the IP never moved
+    assert "did not move" in body["message"] and "terminate-instances" in body["message"]
+    assert "gpuops ec2-migrate --elastic-ip" in body["message"]  # the resume command
