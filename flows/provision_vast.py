@@ -399,7 +399,8 @@ def provision_vast(
         prompt: the test generation's prompt.
         steps: the test generation's steps.
         approval_timeout_s: how long to wait for an approval to release abandoned instances; no answer keeps them.
-        api_key_secret: a Prefect Secret block holding the vast.ai API key (default: VAST_API_KEY).
+        api_key_secret: a Prefect Secret block holding the vast.ai API key (default: the VAST_API_KEY environment
+            variable).
     """
     request = vast_plan.check_request(
         offer_filter=offer_filter, model_gib=model_gib, second_model_gib=second_model_gib, image=image,
@@ -451,7 +452,8 @@ def release_vast(instance_ids: list[int], approval_timeout_s: int = 3600,
     Args:
         instance_ids: the instances to offer for release.
         approval_timeout_s: how long to wait for the approval; no answer keeps every instance.
-        api_key_secret: a Prefect Secret block holding the vast.ai API key (default: VAST_API_KEY).
+        api_key_secret: a Prefect Secret block holding the vast.ai API key (default: the VAST_API_KEY environment
+            variable).
     """
     ids, timeout, secret = vast_plan.check_release(instance_ids, approval_timeout_s, api_key_secret)
     api = vast.connect(secret)

@@ -246,19 +246,24 @@ def reliability_verdict(value: float | None, minimum: float = DEFAULT_MIN_RELIAB
 # ---------------------------------------------------------------- images: size, devel tags
 
 
+def size_text(size_bytes: float) -> str:
+    """Decimal GB as registries state sizes; MB below 1 GB (a 30 MB image is not "0.0 GB")."""
+    return f"{size_bytes / GB:.1f} GB" if size_bytes >= GB else f"{size_bytes / 1000**2:.0f} MB"
+
+
 def image_size_verdict(image: str, size_bytes: int) -> Verdict:
     """Bands from runbook 004 §4: about 4 GB fine, over 20 GB warn, over 100 GB refuse (sizes as pulled,
     i.e. the compressed config + layers the registry lists, decimal GB)."""
-    rule, gb = "image-size", size_bytes / GB
+    rule, size = "image-size", size_text(size_bytes)
     fix = (f"use the project's official instructions on a runtime base image (e.g. {RUNTIME_IMAGE_EXAMPLE}, "
            "about 4 GB) with git clone + uv sync, instead of a large all-in-one image.")
     if size_bytes > IMAGE_REFUSE_BYTES:
-        return failed(rule, size_bytes, f"{image} is {gb:.1f} GB: over {IMAGE_REFUSE_BYTES / GB:.0f} GB a pull on a "
+        return failed(rule, size_bytes, f"{image} is {size}: over {IMAGE_REFUSE_BYTES / GB:.0f} GB a pull on a "
                                         "P2P host stalls or fails (runbook 004: a 173 GB image never finished).", fix)
     if size_bytes > IMAGE_WARN_BYTES:
-        return warned(rule, size_bytes, f"{image} is {gb:.1f} GB: over {IMAGE_WARN_BYTES / GB:.0f} GB, pulls take 15 "
+        return warned(rule, size_bytes, f"{image} is {size}: over {IMAGE_WARN_BYTES / GB:.0f} GB, pulls take 15 "
                                         "minutes or more and miss the host's cache.", fix)
-    return passed(rule, size_bytes, f"{image} is {gb:.1f} GB.")
+    return passed(rule, size_bytes, f"{image} is {size}.")
 
 
 _DEVEL = re.compile(r"(?<![a-z0-9])devel(?![a-z0-9])", re.I)

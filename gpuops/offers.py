@@ -114,8 +114,10 @@ def _gpu_names(value: Any) -> tuple[str, ...]:
 
 
 def _number(value: Any, low: float = 0.0, high: float = math.inf, what: str = "a number") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"not {what}; give {what}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"not a number; give {what}.")
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number; give {what}.")
     if not low <= value <= high:
         raise ValueError(f"out of range; give {what} from {low:g}" + (f" to {high:g}." if high < math.inf else " up."))
     return float(value)
@@ -137,7 +139,7 @@ def _compute_cap(value: Any) -> str:
 
 
 def _reliability(value: Any) -> float:
-    number = _number(value, 0.0, 1.0, "a fraction between 0 and 1")
+    number = _number(value, 0.0, 1.0, "a fraction")
     if number < DEFAULT_MIN_RELIABILITY:
         raise ValueError(f"below the guardrail's {DEFAULT_MIN_RELIABILITY} (runbook 004: reliability > 0.99); "
                          f"give {DEFAULT_MIN_RELIABILITY} or more.")
@@ -171,7 +173,7 @@ def _flag(value: Any) -> bool:
 
 
 def _gib(value: Any) -> float:
-    return _number(value, 0, what="GiB (1 GiB = 1024 MiB)")
+    return _number(value, 0, what="a size in GiB (1 GiB = 1024 MiB)")
 
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {

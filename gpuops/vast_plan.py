@@ -157,14 +157,24 @@ def _setup(model_dir: Any, model_min_mb: Any, model_fetch: Any, app_command: Any
 
 def _bounds(wait_s: Any, boot_timeout_s: Any, max_offers: Any, host_failures: Any, latency_target_ms: Any,
             approval_timeout_s: Any) -> Bounds:
-    return Bounds(
-        wait_s=params.seconds("wait_s", wait_s, high=3600, example="30"),
-        boot_timeout_s=params.seconds("boot_timeout_s", boot_timeout_s, high=4 * 3600, example="600"),
-        max_offers=params.count("max_offers", max_offers, low=1, high=50, example="5"),
-        host_failures=params.count("host_failures", host_failures, low=1, high=10, example="3"),
-        latency_target_ms=float(params.number("latency_target_ms", latency_target_ms, low=0, low_open=True,
-                                              unit="ms", example="1000")),
-        approval_timeout_s=_approval_timeout(approval_timeout_s))
+    """Every bound checked; all the bad ones named at once."""
+    checks = {
+        "wait_s": lambda: params.seconds("wait_s", wait_s, high=3600, example="30"),
+        "boot_timeout_s": lambda: params.seconds("boot_timeout_s", boot_timeout_s, high=4 * 3600, example="600"),
+        "max_offers": lambda: params.count("max_offers", max_offers, low=1, high=50, example="5"),
+        "host_failures": lambda: params.count("host_failures", host_failures, low=1, high=10, example="3"),
+        "latency_target_ms": lambda: float(params.number("latency_target_ms", latency_target_ms, low=0,
+                                                         low_open=True, unit="ms", example="1000")),
+        "approval_timeout_s": lambda: _approval_timeout(approval_timeout_s)}
+    values, problems = {}, []
+    for name, check in checks.items():
+        try:
+            values[name] = check()
+        except BadInput as exc:
+            problems.append(str(exc))
+    if problems:
+        raise BadInput(" ".join(problems))
+    return Bounds(**values)
 
 
 def _approval_timeout(value: Any) -> int:

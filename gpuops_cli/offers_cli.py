@@ -9,20 +9,23 @@ from gpuops.errors import BadInput
 
 EXIT_OK, EXIT_FAIL = 0, 1
 DEFAULT_LIMIT = 10
+GPU_NAME_HELP = ("GPU name as vast.ai lists it, e.g. 'RTX 3060': exact apart from case and spacing, never a partial "
+                 "match ('RTX 5090' is not 'RTX 5090 D'); repeatable")
 
 
 def register(subparsers) -> None:
     offers = subparsers.add_parser("offers", help="vast.ai offers against the guardrails: rank a saved offer list, "
                                                   "check an image's size and trust")
     commands = offers.add_subparsers(dest="offers_command", required=True, metavar="OFFERS_COMMAND")
-    p = commands.add_parser("rank", help="judge and rank a saved offer list (vastai search offers --raw): exact GPU "
+    # allow_abbrev=False: `--gpu RTX` is not taken for --gpu-name (on these parsers only).
+    p = commands.add_parser("rank", allow_abbrev=False, help="judge and rank a saved offer list (vastai search offers --raw): exact GPU "
                                          "name, VRAM, compute capability, country, reliability, price")
     p.add_argument("--file", required=True, metavar="OFFERS.json",
                    help="a JSON list of offers as vast.ai returns them (or {\"offers\": [...]}); '-' reads stdin")
     p.add_argument("--filter", metavar="FILTER.json", help="the filter as a JSON object (gpuops.offers.parse_filter "
                                                            "fields); the flags below override its fields")
     p.add_argument("--gpu-name", action="append", metavar="NAME",
-                   help="exact GPU name as vast.ai lists it, e.g. 'RTX 3060' (repeatable; never a partial match)")
+                   help=GPU_NAME_HELP)
     p.add_argument("--need-vram-gib", type=float, metavar="N", help="VRAM per GPU the job needs, in GiB")
     p.add_argument("--max-dph", type=float, metavar="USD", help="price cap in USD per hour (dph_total)")
     p.add_argument("--min-reliability", type=float, metavar="R",
@@ -34,7 +37,7 @@ def register(subparsers) -> None:
     _common(p)
     p.set_defaults(run=_rank)
 
-    p = commands.add_parser("check-image", help="an image's pull size (registry manifest), devel tag and trust "
+    p = commands.add_parser("check-image", allow_abbrev=False, help="an image's pull size (registry manifest), devel tag and trust "
                                                 "(Docker Hub pulls, stars, last update)")
     p.add_argument("image", metavar="IMAGE", help="e.g. nvidia/cuda:12.4.1-runtime-ubuntu22.04")
     p.add_argument("--training", action="store_true", help="a training or build host: devel images are fine")
@@ -152,7 +155,7 @@ def _check_image(args) -> tuple[dict | None, int]:
     code = EXIT_FAIL if verdict == "fail" else EXIT_OK
     if args.json:
         return result, code
-    print(f"{result['image']}: {size.total_bytes / host_rules.GB:.1f} GB for {size.platform} "
+    print(f"{result['image']}: {host_rules.size_text(size.total_bytes)} for {size.platform} "
           f"({size.layers} layers), verdict {verdict}")
     for v in verdicts:
         mark = "FAIL" if not v.ok else "warn" if v.warn else "ok  "

@@ -11,7 +11,8 @@ FLOW_ONLY = ("check_image", "setup_script")  # checked by the flow itself (a fil
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("provision-vast", help="rent a vast.ai GPU through the guardrails (runbook 004): "
+    # allow_abbrev=False here only: `--gpu RTX` is refused, not taken for --gpu-name.
+    p = subparsers.add_parser("provision-vast", allow_abbrev=False, help="rent a vast.ai GPU through the guardrails (runbook 004): "
                                                     "rank offers, rent, check the real card, set up, test a generation")
     what = p.add_argument_group("what to run")
     what.add_argument("--image", required=True, help="container image, e.g. nvidia/cuda:12.4.1-runtime-ubuntu22.04")
@@ -45,7 +46,7 @@ def register(subparsers) -> None:
     _release_args(p)
     p.set_defaults(run=_provision, uses_prefect=True)
 
-    p = subparsers.add_parser("release-vast", help="stop or destroy vast.ai instances once approved (stop offered "
+    p = subparsers.add_parser("release-vast", allow_abbrev=False, help="stop or destroy vast.ai instances once approved (stop offered "
                                                   "first; no answer keeps them)")
     p.add_argument("--instance", dest="instance_ids", type=int, action="append", required=True, metavar="ID",
                    help="an instance to offer for release (repeatable)")
@@ -54,12 +55,11 @@ def register(subparsers) -> None:
 
 
 def _filter_args(group) -> None:
-    from gpuops_cli.offers_cli import country_args
+    from gpuops_cli.offers_cli import GPU_NAME_HELP, country_args
 
     # The same flags as `gpuops offers rank`, read by its filter_fields.
     group.add_argument("--filter", metavar="FILTER.json", help="gpuops.offers filter fields as a JSON object")
-    group.add_argument("--gpu-name", action="append", metavar="NAME", help="exact GPU name as vast.ai lists it "
-                                                                           "(repeatable; never a partial match)")
+    group.add_argument("--gpu-name", action="append", metavar="NAME", help=GPU_NAME_HELP)
     group.add_argument("--need-vram-gib", type=float, metavar="N", help="VRAM per GPU needed, in GiB (instead of "
                                                                         "--model-gib)")
     group.add_argument("--max-dph", type=float, metavar="USD", help="price cap in USD per hour (dph_total)")
@@ -72,7 +72,7 @@ def _release_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--approval-timeout-s", "--approval-timeout", dest="approval_timeout_s", type=int, default=3600, metavar="SECONDS",
                    help="how long a release waits for approval; no answer keeps the instances (default 3600)")
     p.add_argument("--api-key-secret", metavar="BLOCK", help="Prefect Secret block holding the vast.ai API key "
-                                                            "(default: VAST_API_KEY)")
+                                                            "(default: the VAST_API_KEY environment variable)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
 
 
@@ -108,7 +108,27 @@ def _provision(args):
     provision_vast = _flows(args).provision_vast
     print("gpuops provision-vast: abandoned instances pause the run for an approval; how to answer is printed "
           "when it pauses.", file=sys.stderr)
-    return provision_vast(**parameters)
+    result = provision_vast(**parameters)
+    if args.json:
+        return result
+    print_provisioned(result)
+    return None
+
+
+def print_provisioned(result: dict) -> None:
+    """The text form: the instance in one line, not its raw record (--json gives everything)."""
+    instance = result["instance"]
+    for warning in result.get("warnings") or []:
+        print(f"WARNING: {warning}")
+    print(f"outcome: {result['outcome']} ({result['api']})")
+    print(f"instance: {instance['id']} {instance.get('gpu_name')} at {result['url']}, listed "
+          f"${instance.get('dph_total'):.4f}/h, label {instance.get('label')}")
+    measured = result.get("measured") or {}
+    if measured.get("vram"):
+        print(f"card read: {measured['vram']['gpu']}, {measured['vram']['memory_total_mib']} MiB")
+    print(f"offers tried: " + "; ".join(f"{a['offer_id']} {a['outcome']}" for a in result["attempts"]))
+    if result.get("how_to_release"):
+        print(f"kept: {', '.join(map(str, result['kept']))}; {result['how_to_release']}")
 
 
 def _release(args):

@@ -95,6 +95,11 @@ def test_a_table_for_people(gpuops):
     (["--need-vram-gib", "twelve"], "--need-vram-gib: invalid float value"),
     (["--country-blocklist", "China"], "blocked_countries (--country-blocklist)"),
     (["--limit", "-1"], "limit (--limit) -1"),
+    (["--min-reliability", "1.5"], "1.5: out of range; give a fraction from 0 to 1."),
+    (["--need-vram-gib", "nan"], "nan: not a finite number; give a size in GiB (1 GiB = 1024 MiB)."),
+    (["--max-dph", "inf"], "max_dph (--max-dph) inf: not a finite number"),
+    (["--gpu", "RTX 3060"], "unrecognized arguments: --gpu"),  # no prefix abbreviation of --gpu-name
+    (["--allow-blocked-country", "DE"], "DE not blocked by default"),
 ])
 def test_bad_flags_exit_2_naming_the_flag(gpuops, args, says):
     code, out = gpuops("offers", "rank", "--file", SAMPLE, "--json", *args)
@@ -141,6 +146,15 @@ def test_the_runtime_image_passes(gpuops, registry):
     code, result = check_image(gpuops, "nvidia/cuda:12.4.1-runtime-ubuntu22.04")
     assert code == 0 and result["verdict"] == "pass" and result["reasons"] == []
     assert round(result["size"]["total_bytes"] / 1e9, 2) == 4.04 and result["source"]["pulls"] == 100_000_000
+
+
+def test_an_image_under_1_gb_is_shown_in_mb(gpuops, registry):
+    from tests.adapters.test_registry import SeedImage
+
+    registry.add_image(SeedImage("acme/tiny", "v1", {"linux/amd64": [10_000_000, 20_000_000]}, config_size=5,
+                                 index=False))
+    code, out = gpuops("offers", "check-image", "acme/tiny:v1")
+    assert out.startswith("docker.io/acme/tiny:v1: 30 MB for linux/amd64") and "0.0 GB" not in out
 
 
 def test_the_devel_image_warns_with_the_runtime_tag_as_the_fix(gpuops, registry):

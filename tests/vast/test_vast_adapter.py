@@ -90,7 +90,7 @@ def test_transient_errors_are_retried_and_out_of_retries_is_could_not_run(stand_
         vast.search_offers(api, {})
     monkeypatch.setenv("GPUOPS_VAST_API", "http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(CouldNotRun, match=r"vast.ai API at http://127.0.0.1:9 \(from GPUOPS_VAST_API or VAST_URL: "
-                                          "not vast.ai's own\)") as unreachable:
+                                          r"not vast.ai's own\)") as unreachable:
         vast.search_offers(vast.connect(), {})
     assert "stand-in" not in str(unreachable.value)  # nothing asked says what answers there
 

@@ -145,3 +145,24 @@ def test_release_refuses_unknown_instance_ids_before_asking(gpuops, stand_in):
     assert code == 2 and result["error"] == "bad-input" and "424242 not found" in result["message"]
     assert str(instance_id) not in result["message"].split("not found")[0].split(":")[-1]
     assert [w.action for w in stand_in.writes()] == ["create"]
+
+
+def test_every_bad_bound_is_named_at_once(gpuops, stand_in):
+    code, result = gpuops(*BASE, "--boot-timeout-s", "-2", "--latency-target-ms", "-1", "--max-offers", "0")
+    assert code == 2
+    for named in ("boot_timeout_s (--boot-timeout-s)", "latency_target_ms (--latency-target-ms)",
+                  "max_offers (--max-offers)"):
+        assert named in result["message"]
+
+
+def test_the_text_form_shows_the_instance_in_one_line(capsys):
+    from gpuops_cli.vast_cli import print_provisioned
+
+    print_provisioned({"outcome": "ready", "api": "vast.ai API at x", "warnings": [], "url": "http://h:1",
+                       "instance": {"id": 9100001, "gpu_name": "RTX 3060", "dph_total": 0.094, "label": "gpuops-a",
+                                    "ports": {"8000/tcp": [{"HostPort": "1"}]}},
+                       "measured": {}, "attempts": [{"offer_id": 1, "outcome": "ready"}], "kept": [9100001],
+                       "how_to_release": "release later with ..."})
+    out = capsys.readouterr().out
+    assert "instance: 9100001 RTX 3060 at http://h:1, listed $0.0940/h, label gpuops-a" in out
+    assert "{" not in out and "offers tried: 1 ready" in out
