@@ -107,11 +107,17 @@ def test_a_failing_health_check_leaves_the_ip_on_the_old_instance(world):
     assert instance(world, candidate["InstanceId"])["State"]["Name"] == "running"  # left for inspection
 
 
-def test_an_app_that_never_answers_healthy_is_given_up_without_touching_the_ip(world):
+def test_an_app_that_never_answers_healthy_is_given_up_without_touching_the_ip(world, artifact_text):
     with pytest.raises(CouldNotRun, match="did not answer") as stopped:
         migrate(world, tags={FAIL_TAG: "all"}, answering_within_s=2)
     assert address(world)["InstanceId"] == world.instance_id and "gpuops:rollout" not in json.dumps(address(world))
     assert "run the same command again to resume" in str(stopped.value).lower()
+    # The report names the launched instance and how to go on, not "stopped before any change".
+    [candidate] = gpu_instances(world)
+    report = artifact_text(f"ec2-migration-{world.allocation_id}")
+    assert "stopped before any change" not in report and "stopped part-way" in report
+    assert "## Next" in report and f"resume: `gpuops ec2-migrate --elastic-ip {world.elastic_ip}" in report
+    assert f"terminate-instances --instance-ids {candidate['InstanceId']}" in report
 
 
 def test_a_card_short_of_vram_fails_the_gpu_probe_before_the_switch(world):
