@@ -261,7 +261,11 @@ def prepare_candidate(run: Run, recorded: CanaryState | None, spec: ec2.LaunchSp
     instance = wait_running(api, instance.id, request.running_within_s)
     run.timing(f"{'launch' if origin == 'launched by this run' else 'this run'} to state running",
                time.monotonic() - started, "the flow's clock, DescribeInstances polled every 2 s")
-    url = f"http://{instance.address}:{request.app_port}"
+    where = ec2.reachable_address(api, instance)
+    if where is None:
+        raise CheckFailed(f"{instance.id} has no address of its own to check it at (its public one is an Elastic IP "
+                          f"held elsewhere, and no private one): the Elastic IP was not touched.")
+    url = f"http://{where}:{request.app_port}"
     answered = wait_answering(url, request.health_path, request.answering_within_s)
     if answered is None:
         raise CouldNotRun(f"{instance.id}'s app did not answer {url}{request.health_path} within "

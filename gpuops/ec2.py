@@ -37,11 +37,6 @@ class Instance:
     launched: str | None
     tags: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def address(self) -> str | None:
-        """Where its app is reached: the public address, else the private one (through a bastion)."""
-        return self.public_ip or self.private_ip
-
 
 @dataclass(frozen=True)
 class Address:
@@ -176,6 +171,17 @@ def describe_address(api: Ec2, elastic_ip: str) -> Address | None:
     raw = found[0]
     return Address(raw["AllocationId"], raw["PublicIp"], raw.get("InstanceId"), raw.get("AssociationId"),
                    _tags(raw.get("Tags")))
+
+
+def reachable_address(api: Ec2, instance: Instance) -> str | None:
+    """Where the instance's own app is reached: its public address, unless that is an Elastic IP held by
+    another instance or by none (an instance can go on reporting an Elastic IP moved off it: moto does after a
+    disassociation), which would reach someone else's host; then its private address (through a bastion)."""
+    if instance.public_ip:
+        holder = describe_address(api, instance.public_ip)
+        if holder is None or holder.instance_id == instance.id:
+            return instance.public_ip
+    return instance.private_ip
 
 
 def security_groups(api: Ec2, group_ids: tuple[str, ...]) -> list[dict]:

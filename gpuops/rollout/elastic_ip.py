@@ -85,9 +85,10 @@ class ElasticIpBackend:
 
     def _url(self, instance_id: str) -> str:
         instance = ec2.describe_instance(self.api, instance_id)
-        if instance is None or instance.address is None:
+        where = ec2.reachable_address(self.api, instance) if instance is not None else None
+        if where is None:
             raise CheckFailed(f"instance {instance_id} has no address to observe it at: is it still running?")
-        return f"http://{instance.address}:{self.app_port}"
+        return f"http://{where}:{self.app_port}"
 
     # --- writing -------------------------------------------------------------------------
 

@@ -285,3 +285,14 @@ def test_the_new_instance_is_checked_again_after_the_approval(world, prefect_api
         migrate(world, ask_to_stop_old=True)
     approver.join(30)
     assert instance(world, world.instance_id)["State"]["Name"] == "running"
+
+
+def test_a_rerun_after_a_rollback_checks_the_new_instance_at_its_own_address(world):
+    candidate = crash_after_the_switch(world)
+    migrate(world, rollback=True)
+    stale = instance(world, candidate).get("PublicIpAddress")
+    result = migrate(world)  # reuses the candidate: checked at its own address, not the Elastic IP's holder
+    before = result["latency"][0]
+    assert result["new"]["id"] == candidate and before["percent"] == 0
+    assert world.elastic_ip not in before["url"], (stale, before["url"])
+    assert instance(world, candidate)["PrivateIpAddress"] in before["url"] or stale != world.elastic_ip
