@@ -165,13 +165,14 @@ def spot_history(api: ec2.Ec2, instance_types: tuple[str, ...]) -> list[dict] | 
 
 def observer(run: Run):
     """One window: `latency_samples` health requests to the candidate at its own address (0%), or through the
-    Elastic IP once it is switched (100%); judged by the engine's gates and the mean-latency target."""
+    Elastic IP once it is switched (100%), after one unmeasured warm-up request (a cold first answer is
+    connection set-up, not the app); judged by the engine's gates and the mean-latency target."""
     request, eip_url = run.request, f"http://{run.address.public_ip}:{run.request.app_port}"
 
     def observe(urls, state: CanaryState) -> Observation:
         url = eip_url if state.percent == 100 else urls.candidate
         with HostClient(url, timeout_s=HOST_TIMEOUT_S) as client:
-            latency = client.latency(request.latency_samples, request.health_path)
+            latency = client.latency(request.latency_samples, request.health_path, warmup=True)
         failed = tuple(judge_latency(latency, request.latency_target_ms))
         when = "after the switch, through the Elastic IP" if state.percent == 100 else \
             "before the switch, at the new instance's own address"
