@@ -88,11 +88,14 @@ class _NoFailureRecords(logging.Filter):
     Prefect (and shows with --verbose); the console gets gpuops' own one line instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR or not record.name.startswith("prefect")
+        if not record.name.startswith("prefect"):
+            return True
+        # "Finished in state Failed(...)" repeats at INFO the message gpuops prints once.
+        return record.levelno < logging.ERROR and not str(record.msg).startswith("Finished in state Failed")
 
 
 def _quiet_prefect_failures() -> None:
-    import prefect.logging  # noqa: F401  Prefect sets up its console handlers on import
+    from prefect import flow  # noqa: F401  this import (not prefect.logging's) sets up Prefect's console handlers
 
     loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict))]
     for logger in loggers:

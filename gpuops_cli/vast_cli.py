@@ -88,14 +88,9 @@ def provision_parameters(args) -> dict:
 
 
 def _flows(args):
-    """flows.provision_vast, imported: Prefect sets up its console handlers on that import (`import prefect.logging`
-    alone does not), so cli's filter of failure records is applied again now that they exist."""
+    """flows.provision_vast, imported only when a command runs (Prefect and the vastai SDK cost seconds)."""
     import flows.provision_vast as module
 
-    if not args.verbose:
-        from gpuops_cli.cli import _quiet_prefect_failures
-
-        _quiet_prefect_failures()
     return module
 
 
