@@ -43,6 +43,11 @@ class Run:
     api: ec2.Ec2
     address: ec2.Address
     facts: dict = field(default_factory=dict)
+    no_op: bool = False  # a rerun after a finished migration: its report must not replace the measured one
+
+    @property
+    def artifact_key(self) -> str:
+        return f"ec2-migration-{self.address.allocation_id}" + ("-rerun" if self.no_op else "")
 
     def commands(self) -> tuple[str, str]:
         base = f"gpuops ec2-migrate --elastic-ip {self.address.public_ip} --region {self.api.region}"
@@ -286,7 +291,8 @@ def check_gpu(run: Run, instance: ec2.Instance, url: str) -> None:
                         "how": f"the project's GPU probe (gpuops.gpu_probe: nvidia-smi, PyTorch, a timed computation) "
                                f"run by the app at {url}/gpu-probe on {instance.id}"}
     if report.get("verdict") != "pass":
-        raise CheckFailed(f"GPU probe on {instance.id} failed: {'; '.join(report.get('reasons') or ['no verdict'])}. "
+        reasons = "; ".join(report.get("reasons") or ["no verdict"]).rstrip(".")
+        raise CheckFailed(f"GPU probe on {instance.id} failed: {reasons}. "
                           f"The Elastic IP was not touched; {instance.id} is left running for inspection: fix it and "
                           f"run again (it is reused), or terminate it: aws ec2 terminate-instances --instance-ids "
                           f"{instance.id}", [report])
@@ -411,7 +417,7 @@ def publish(run: Run) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     try:
-        create_markdown_artifact(key=f"ec2-migration-{run.address.allocation_id}",
+        create_markdown_artifact(key=run.artifact_key,
                                  markdown=ec2_report.markdown(run.facts))
     except Exception as exc:  # the report must not hide the run's own outcome
         get_run_logger().warning("the migration report could not be saved: %s", exc)
@@ -454,8 +460,11 @@ def migrate(run: Run, backend: ElasticIpBackend, flow_run_id: str, tell) -> dict
         run.facts["next"] = [f.fix for f in findings]
         raise CheckFailed(security_audit.refusal(findings), [f.as_dict() for f in findings])
     if done:
-        candidate, history = serving, []
+        candidate, history, run.no_op = serving, [], True
         run.facts["new"] = {"id": serving.id, "type": serving.type, "image_id": serving.image_id}
+        run.facts["rerun"] = (f"already migrated at {recorded.updated} by flow run {recorded.flow_run_id}; this run "
+                              f"changed no traffic. The measured report is the artifact "
+                              f"ec2-migration-{run.address.allocation_id}.")
     else:
         candidate = prepare_candidate(run, recorded, spec, old, flow_run_id)
         history = switch(run, backend, candidate, flow_run_id, tell)["history"]
@@ -474,7 +483,7 @@ def result(run: Run, outcome: str, history: list[dict]) -> dict:
             "timings": facts.get("timings", []), "latency": facts.get("windows", []), "gpu": facts.get("gpu"),
             "availability": facts.get("availability"), "security_findings": facts.get("findings", []),
             "cost": facts.get("cost"), "old_instance": facts.get("old_instance"), "history": history,
-            "report_artifact": f"ec2-migration-{run.address.allocation_id}"}
+            "report_artifact": run.artifact_key}
 
 
 def roll_back(run: Run, backend: ElasticIpBackend) -> dict:

@@ -63,8 +63,10 @@ def _from_table(instance_type: str, market: str, hours: float, table: dict) -> d
     except ValueError:
         return _row(instance_type, market, None, hours, "gpuops/data/prices.json has no price for this type", "-",
                     "no price recorded", "none")
-    basis = f"{rate['basis']} (price table)" if rate["usd_per_hour"] is not None else rate["basis"]
-    return _row(instance_type, market, rate["usd_per_hour"], hours, rate["source"], rate["as_of"], basis, "table")
+    if rate["usd_per_hour"] is None:  # a date would read as a price checked that day
+        return _row(instance_type, market, None, hours, f"no price ({rate['source']})", "-", rate["basis"], "none")
+    return _row(instance_type, market, rate["usd_per_hour"], hours, rate["source"], rate["as_of"],
+                f"{rate['basis']} (price table)", "table")
 
 
 def cost_table(instance_types: tuple[str, ...], spot_history: list[dict] | None, now: datetime, api_label: str,

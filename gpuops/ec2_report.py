@@ -17,8 +17,9 @@ def _latency_rows(windows: list[dict]) -> list[str]:
         rows.append(f"| {cell(w['when'])} | {cell(w['url'])} | {cell(', '.join(f'{s:g}' for s in w['samples_ms']))} | "
                     f"{w['mean_ms']} ms | {w['min_ms']} ms | {w['max_ms']} ms | < {w['target_ms']:g} ms (mean) | "
                     f"{cell(verdict)} |")
-    how = {w["how"] for w in windows}
-    return rows + [""] + [f"How: {h}." for h in sorted(how)]
+    # Each window's URL is in its row: the method, said once, in the windows' order.
+    how = dict.fromkeys(w["how"].replace(w["url"], "the row's URL") for w in windows)
+    return rows + [""] + [f"How: {h}." for h in how]
 
 
 def _gpu_lines(gpu: dict | None) -> list[str]:
@@ -88,8 +89,11 @@ def markdown(facts: dict) -> str:
              "| | instance | type | image |", "|---|---|---|---|",
              f"| before | {cell(old.get('id'))} | {cell(old.get('type'))} | {cell(old.get('image_id'))} |",
              f"| after | {cell(new.get('id'))} | {cell(new.get('type'))} | {cell(new.get('image_id'))} |"]
-    if new.get("image_from"):
-        lines.append(f"\nThe new instance's AMI: {new['image_from']}. {new.get('origin', '')}")
+    if facts.get("rerun"):
+        lines.append(f"\n{facts['rerun']}")
+    if new.get("origin"):
+        lines.append(f"\nThe new instance: {new['origin']}"
+                     + (f"; its AMI from {new['image_from']}." if new.get("image_from") else "."))
     lines += ["", "## Steps, measured", *_steps_lines(facts)]
     lines += ["", "## Health latency (measured)", *(_latency_rows(facts["windows"]) if facts.get("windows")
                                                    else ["Not measured (the run stopped before the checks)."])]

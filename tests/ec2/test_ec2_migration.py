@@ -121,8 +121,9 @@ def test_an_app_that_never_answers_healthy_is_given_up_without_touching_the_ip(w
 
 
 def test_a_card_short_of_vram_fails_the_gpu_probe_before_the_switch(world):
-    with pytest.raises(CheckFailed, match="GPU probe on i-.* failed"):
+    with pytest.raises(CheckFailed, match="GPU probe on i-.* failed") as failed:
         migrate(world, need_vram_gib=20)  # a T4 reads 15360 MiB
+    assert ".." not in str(failed.value)
     assert address(world)["InstanceId"] == world.instance_id
 
 
@@ -144,12 +145,17 @@ def test_report_mode_migrates_with_the_findings_and_internal_ports_are_watched(r
     assert ports == [22, 8001, 50021]  # the runbook's GPU service and TTS engine, open to the world
 
 
-def test_no_answer_to_the_approval_leaves_the_old_instance_running(world):
+def test_no_answer_to_the_approval_leaves_the_old_instance_running(world, artifact_text):
     result = migrate(world, ask_to_stop_old=True, stop_approval_timeout_s=2)
     assert "left running: no answer in time" in result["old_instance"]
     assert instance(world, world.instance_id)["State"]["Name"] == "running"
     again = migrate(world, ask_to_stop_old=False)  # a re-run finds the migration done, launches nothing
     assert again["outcome"] == "already-migrated" and len(gpu_instances(world)) == 1
+    # Its report is its own: the measured report of the run that migrated stays.
+    assert again["report_artifact"] == f"ec2-migration-{world.allocation_id}-rerun"
+    measured, rerun = artifact_text(result["report_artifact"]), artifact_text(again["report_artifact"])
+    assert "Not measured" not in measured and "mean" in measured
+    assert "already migrated at" in rerun and "changed no traffic" in rerun
 
 
 class Crash(BaseException):

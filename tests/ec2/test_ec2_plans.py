@@ -126,3 +126,19 @@ def test_the_state_fits_an_ec2_tag_value_however_long_its_failed_checks():
     kept = CanaryState.from_json(value)
     assert (kept.stable, kept.candidate, kept.phase, kept.flow_run_id) == (state.stable, state.candidate,
                                                                            state.phase, state.flow_run_id)
+
+
+def test_report_wording_two_windows_one_how_no_glued_origin_and_a_row_without_price_has_no_date():
+    windows = [{"when": w, "url": f"http://{ip}:55433/healthz", "samples_ms": [5.0], "mean_ms": 5.0, "min_ms": 5.0,
+                "max_ms": 5.0, "target_ms": 50.0, "failed": [],
+                "how": f"5 sequential GET http://{ip}:55433/healthz after one unmeasured warm-up request"}
+               for w, ip in (("before", "10.0.0.5"), ("after", "3.115.141.166"))]
+    facts = {"elastic_ip": "3.115.141.166", "outcome": "migrated", "api": "EC2 API (test)", "windows": windows,
+             "new": {"id": "i-1", "origin": "launched by this run", "image_from": "SSM parameter /p (ami-1)"},
+             "cost": ec2_cost.cost_table(("t3.large",), None, NOW, "test")}
+    text = ec2_report.markdown(facts)
+    assert text.count("How: 5 sequential GET the row's URL after one unmeasured warm-up request.") == 1
+    assert "The new instance: launched by this run; its AMI from SSM parameter /p (ami-1)." in text
+    assert "). launched" not in text
+    spot = next(r for r in facts["cost"]["rows"] if r["market"] == "spot")
+    assert spot["as_of"] == "-" and spot["source"].startswith("no price")
