@@ -354,19 +354,24 @@ def ask_to_stop(run: Run, backend: ElasticIpBackend, old: ec2.Instance | None, c
     return f"{old.id} stopped on approval ({note!r}, flow run {decision.flow_run_id}); EC2 reports it {now_state}."
 
 
-@task(name="check-new-instance-serves", cache_policy=NO_CACHE, persist_result=False)
-def must_serve(run: Run, candidate_id: str, old_id: str, when: str) -> None:
-    """The old instance is stopped only while the new one runs and answers healthy through the Elastic IP
-    (the switch's own checks): a finished migration's record says nothing about the new instance today."""
-    instance = ec2.describe_instance(run.api, candidate_id)
+@task(name="check-through-elastic-ip", cache_policy=NO_CACHE, persist_result=False)
+def not_serving(run: Run, instance_id: str) -> str:
+    """Why `instance_id` does not serve through the Elastic IP ("" when it does): running, and healthy by the
+    switch's own checks (health samples all 2xx, mean under the target) at the Elastic IP's address."""
+    instance = ec2.describe_instance(run.api, instance_id)
     if instance is None or instance.state != "running":
-        wrong = f"{candidate_id} is {instance.state if instance else 'gone'}, not running"
-    else:
-        url = f"http://{run.address.public_ip}:{run.request.app_port}"
-        with HostClient(url, timeout_s=HOST_TIMEOUT_S) as client:
-            latency = client.latency(run.request.latency_samples, run.request.health_path, warmup=True)
-        failed = judge_latency(latency, run.request.latency_target_ms)
-        wrong = f"{candidate_id} runs but fails through the Elastic IP: {' '.join(failed)}" if failed else ""
+        return f"{instance_id} is {instance.state if instance else 'gone'}, not running"
+    url = f"http://{run.address.public_ip}:{run.request.app_port}"
+    with HostClient(url, timeout_s=HOST_TIMEOUT_S) as client:
+        latency = client.latency(run.request.latency_samples, run.request.health_path, warmup=True)
+    failed = judge_latency(latency, run.request.latency_target_ms)
+    return f"{instance_id} runs but fails through the Elastic IP: {' '.join(failed)}" if failed else ""
+
+
+def must_serve(run: Run, candidate_id: str, old_id: str, when: str) -> None:
+    """The old instance is stopped only while the new one serves: a finished migration's record says nothing
+    about the new instance today, and an approval may come hours after the question."""
+    wrong = not_serving(run, candidate_id)
     if wrong:
         run.facts["outcome"] = f"the new instance {candidate_id} does not serve: {old_id} left running"
         raise CheckFailed(f"not stopping {old_id} ({when}): {wrong}. {old_id} was left running. Start or fix "
@@ -490,10 +495,19 @@ def roll_back(run: Run, backend: ElasticIpBackend) -> dict:
     """The Elastic IP back on the recorded stable instance (or on rollback_to); refuses stale records."""
     changes = backend.restore_stable(("rolled back by the operator",), run.request.rollback_to)
     now_on = backend.address().instance_id
-    run.facts.update(outcome=f"rolled back by the operator: the Elastic IP serves {now_on}",
+    run.facts.update(outcome=f"rolled back by the operator: the Elastic IP is on {now_on}",
                      old_instance="; ".join(changes) or "nothing to change: it already served the stable instance")
+    wrong = not_serving(run, now_on)  # moved back is not the same as serving again
+    if wrong:
+        run.facts["outcome"] = f"rolled back, but {now_on} does not serve through the Elastic IP"
+        raise CheckFailed(f"the Elastic IP {run.address.public_ip} is back on {now_on}, but its app does not answer "
+                          f"healthy through it: {wrong}. Fix {now_on}'s app, or move the address elsewhere: "
+                          f"`{run.commands()[1]} --rollback-to INSTANCE`.")
+    verified = f"{now_on}'s app answers healthy through the Elastic IP {run.address.public_ip} (checked after the move)"
+    run.facts["verified"] = verified
+    run.facts["old_instance"] += f". {verified}"
     return {"outcome": "rolled-back", "elastic_ip": run.address.public_ip, "allocation_id": run.address.allocation_id,
-            "serving": now_on, "changes": changes, "report_artifact": f"ec2-migration-{run.address.allocation_id}"}
+            "serving": now_on, "changes": changes, "verified": verified, "report_artifact": run.artifact_key}
 
 
 @flow(name="ec2-gpu-migration")

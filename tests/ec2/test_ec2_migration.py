@@ -206,6 +206,7 @@ def test_a_rollback_after_a_crash_moves_the_ip_back_and_refuses_stale_records(wo
     candidate = crash_after_the_switch(world)
     result = migrate(world, rollback=True)
     assert result["serving"] == world.instance_id and address(world)["InstanceId"] == world.instance_id
+    assert "answers healthy through the Elastic IP" in result["verified"]
     assert recorded(world).phase == "rolled-back"
     assert through_the_elastic_ip(world).json()["revision"] == world.instance_id
     # Someone moves the address by hand: a plain rollback refuses; naming the instance moves it.
@@ -302,3 +303,14 @@ def test_a_rerun_after_a_rollback_checks_the_new_instance_at_its_own_address(wor
     assert result["new"]["id"] == candidate and before["percent"] == 0
     assert world.elastic_ip not in before["url"], (stale, before["url"])
     assert instance(world, candidate)["PrivateIpAddress"] in before["url"] or stale != world.elastic_ip
+
+
+def test_a_rollback_onto_an_app_that_does_not_answer_says_so(world):
+    crash_after_the_switch(world)
+    broken = world.ec2.run_instances(ImageId=world.image_id, InstanceType="t3.large", MinCount=1, MaxCount=1,
+                                     TagSpecifications=[{"ResourceType": "instance",
+                                                         "Tags": [{"Key": FAIL_TAG, "Value": "all"}]}])
+    broken_id = broken["Instances"][0]["InstanceId"]  # it runs; its app answers 500
+    with pytest.raises(CheckFailed, match="back on .* but its app does not answer healthy"):
+        migrate(world, rollback=True, rollback_to=broken_id)
+    assert address(world)["InstanceId"] == broken_id  # moved all the same, and said so
