@@ -64,7 +64,7 @@ def _from_table(instance_type: str, market: str, hours: float, table: dict) -> d
         return _row(instance_type, market, None, hours, "gpuops/data/prices.json has no price for this type", "-",
                     "no price recorded", "none")
     if rate["usd_per_hour"] is None:  # a date would read as a price checked that day
-        return _row(instance_type, market, None, hours, f"no price ({rate['source']})", "-", rate["basis"], "none")
+        return _row(instance_type, market, None, hours, rate["source"], "no price", rate["basis"], "none")
     return _row(instance_type, market, rate["usd_per_hour"], hours, rate["source"], rate["as_of"],
                 f"{rate['basis']} (price table)", "table")
 

@@ -205,8 +205,8 @@ def run_migration(stack: dict) -> dict:
     say(f"   through the Elastic IP during the rollout: {watch['failed']} failed of {watch['requests']} requests")
     for row in result["cost"]["rows"]:
         figure = "no price" if row["usd_per_month"] is None else f"${row['usd_per_month']}/month"
-        say(f"   cost ESTIMATE {row['instance_type']:12} {row['market']:9} {figure:16} ({row['source']}, "
-            f"{row['as_of']})")
+        dated = "" if row["usd_per_month"] is None else f", {row['as_of']}"
+        say(f"   cost ESTIMATE {row['instance_type']:12} {row['market']:9} {figure:16} ({row['source']}{dated})")
     say(f"   old instance: {result['old_instance']}")
     expect(serving(stack) == new["id"] and new["type"] == "g4dn.xlarge",
            f"the Elastic IP {stack['elastic_ip']} serves {new['id']} (g4dn.xlarge)")

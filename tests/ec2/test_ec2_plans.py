@@ -141,4 +141,4 @@ def test_report_wording_two_windows_one_how_no_glued_origin_and_a_row_without_pr
     assert "The new instance: launched by this run; its AMI from SSM parameter /p (ami-1)." in text
     assert "). launched" not in text
     spot = next(r for r in facts["cost"]["rows"] if r["market"] == "spot")
-    assert spot["as_of"] == "-" and spot["source"].startswith("no price")
+    assert spot["as_of"] == "no price" and spot["usd_per_month"] is None
