@@ -40,6 +40,7 @@ import pytest
 
 from gpuops import cost, monthly_cost
 from gpuops.errors import BadInput, CouldNotRun
+from tests.artifacts import latest_artifact
 
 T_L4, T_G4DN, T_T3 = 1.42, 383.98 / 730, 60.74 / 730
 MTD = 2.13 + 1.42 + 1.42 + 0.526 + 10 * 60.74 / 730 + 0.60  # 6.928054794...
@@ -356,18 +357,6 @@ def test_the_server_holds_the_runs_as_written(month_runs):
         d = client.read_flow_run(month_runs["ids"]["d"])
     assert (d.start_time, d.end_time, d.run_count) == (at("04-03T09:00"), at("04-03T10:00"), 2)
     assert d.total_run_time.total_seconds() == 50 * 60  # running time only: the billed span also holds the wait
-
-
-def latest_artifact(key: str) -> str:
-    """The newest version of an artifact (every flow test here writes the 2019-04 keys)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    with get_client(sync_client=True) as client:
-        [found] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                                        sort=ArtifactSort.CREATED_DESC, limit=1)
-    return found.data
 
 
 def test_the_flow_reports_the_hand_computed_totals_page_by_page(month_runs):

@@ -11,6 +11,7 @@ from gpuops.emulator.gpu_hosts import SILENT
 from gpuops.emulator.vast_api import Machine, sample_offers
 from gpuops.errors import BadInput, CheckFailed, CouldNotRun
 from gpuops.vast_plan import ABANDONED, READY, SKIPPED, VRAM_MISMATCH
+from tests.artifacts import latest_artifact
 from tests.flows.approvals import answer
 from tests.vast.conftest import APP, provision_args
 
@@ -53,16 +54,6 @@ def finished(thread, box) -> dict:
     return box["result"]
 
 
-def artifact_data(key: str):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    assert found, f"no artifact {key}"
-    return found[-1].data
-
-
 def test_a_working_host_is_rented_checked_with_a_real_generation_and_recorded(hub):
     hub.machines[DE_MACHINE] = Machine("rtx3060_12gb")
     result = provision_vast(**provision_args(offer_filter=RTX_3060))
@@ -75,10 +66,10 @@ def test_a_working_host_is_rented_checked_with_a_real_generation_and_recorded(hu
     assert len(measured["health"]["samples_ms"]) == 5 and measured["boot_s"] > 0
     assert "estimate" in result["estimates"]["monthly_cost"]["label"]
     # The cost report reads the hourly price from the instance artifact's data.
-    data = artifact_data(f"vast-instance-{instance['id']}")
+    data = latest_artifact(f"vast-instance-{instance['id']}")
     assert monthly_cost.instance_price({"records": [data]}) == (instance["dph_total"], "artifact vast-instance*")
     assert "VAST_API_KEY" not in json.dumps(result) and hub.api_key not in json.dumps(result)
-    assert str(DE_RTX_3060) in artifact_data("vast-offer-ranking")
+    assert str(DE_RTX_3060) in latest_artifact("vast-offer-ranking")
 
 
 def test_traps_are_never_rented_even_when_the_server_lets_them_through(hub):
