@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gpuops.hub.outbox import NewTask, OutboxError, open_outbox
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -139,22 +140,26 @@ def test_an_expired_lease_is_taken_over(outbox):
     assert outbox.get(task.id).flow_run_id == "run-b"
 
 
-# One hub process in miniature: wait for the start signal, then claim -> dispatched until nothing is left;
-# record every task it claimed and every task it marked dispatched.
+# One hub process in miniature: open the outbox, say it is ready, wait for the start signal, then
+# claim -> dispatched until nothing is left; record every task it claimed and every task it marked
+# dispatched. Each dispatch takes a millisecond, as a real run_deployment call takes longer, so neither
+# process can drain the outbox before the other has begun.
 DRAIN = """
 import json, os, sys, time
 from gpuops.hub.outbox import open_outbox
-url, owner, go, record = sys.argv[1:]
-while not os.path.exists(go):
-    time.sleep(0.01)
+url, owner, ready, go, record = sys.argv[1:]
 claimed, dispatched = [], []
 with open_outbox(url) as box:
+    open(ready, "w").close()
+    while not os.path.exists(go):
+        time.sleep(0.01)
     while True:
         tasks = box.claim(owner, limit=10, lease_s=300)
         if not tasks and box.counts()["queued"] == 0:
             break
         for task in tasks:
             claimed.append(task.id)
+            time.sleep(0.001)
             if box.dispatched(task.id, owner, f"run-of-{owner}"):
                 dispatched.append(task.id)
 with open(record, "w") as out:
@@ -166,9 +171,10 @@ def test_two_processes_drain_one_outbox_each_task_dispatched_once(outbox_url, tm
     with open_outbox(outbox_url) as box:
         ids = {box.accept(new_task(f"key-{n}"))[0].id for n in range(1000)}
         go = tmp_path / "go"
-        hubs = {owner: subprocess.Popen([sys.executable, "-c", DRAIN, outbox_url, owner, str(go),
-                                         str(tmp_path / f"{owner}.json")], cwd=ROOT)
+        hubs = {owner: subprocess.Popen([sys.executable, "-c", DRAIN, outbox_url, owner, str(tmp_path / f"{owner}.ready"),
+                                         str(go), str(tmp_path / f"{owner}.json")], cwd=ROOT)
                 for owner in ("hub-a", "hub-b")}
+        wait_until(lambda: all((tmp_path / f"{owner}.ready").exists() for owner in hubs), "both hubs opened the outbox")
         go.touch()  # both start together, so they really contend
         assert all(hub.wait(120) == 0 for hub in hubs.values())
         records = {owner: json.loads((tmp_path / f"{owner}.json").read_text()) for owner in hubs}

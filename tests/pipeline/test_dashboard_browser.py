@@ -15,7 +15,6 @@ import inspect
 import json
 import socket
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,6 +23,7 @@ import pytest
 
 from gpuops import dashboard, job_status as js
 from gpuops.status_store import StatusStore
+from tests import waiting
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -187,16 +187,8 @@ def flow_runs_of(deployment_id) -> list:
 
 
 def wait_until(condition, what: str, timeout_s: float = WAIT_S):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            found = condition()
-        except Exception:  # the page is still changing under us (stale element, not there yet)
-            found = None
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    # a page still changing under us (stale element, not there yet) is "not yet"
+    return waiting.wait_until(condition, what, timeout_s, interval_s=0.1)
 
 
 def row(driver, job_id: str):
