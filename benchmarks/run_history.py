@@ -162,12 +162,15 @@ async def _insert(runs: list[GeneratedRun], deployments: dict[str, MadeDeploymen
     from prefect.server import models
     from prefect.server.database import provide_database_interface
 
+    # BEGIN IMMEDIATE (with_for_update): the server writes to the same SQLite file, and a deferred
+    # transaction that must upgrade from read to write after another writer is refused at once
+    # ("database is locked") instead of waiting out the busy timeout.
     db = provide_database_interface()
     written = 0
     for batch in _batches(runs, BATCH):
         rows = [_row(run, deployments, adhoc_flow_id) for run in batch]
         artifacts = [a for run in batch for a in _artifacts(run)]
-        async with db.session_context(begin_transaction=True) as session:
+        async with db.session_context(begin_transaction=True, with_for_update=True) as session:
             written += len(await models.deployments._insert_scheduled_flow_runs(session=session, runs=rows))
             if artifacts:
                 await session.execute(db.Artifact.__table__.insert(), artifacts)
@@ -225,7 +228,7 @@ async def _delete(ids: list[uuid.UUID]) -> None:
 
     db = provide_database_interface()
     for batch in _batches(ids, BATCH):
-        async with db.session_context(begin_transaction=True) as session:
+        async with db.session_context(begin_transaction=True, with_for_update=True) as session:
             await session.execute(sa.delete(db.Artifact).where(db.Artifact.flow_run_id.in_(batch)))
             await session.execute(sa.delete(db.FlowRun).where(db.FlowRun.id.in_(batch)))
 

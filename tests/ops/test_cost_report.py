@@ -271,21 +271,14 @@ async def _set_states(run_id, states) -> None:
     from prefect.server.database import provide_database_interface
     from prefect.server.schemas.states import State
 
-    from sqlalchemy.exc import OperationalError
-
     db = provide_database_interface()
     for kind, name, when in states:
-        for attempt in range(20):  # the server writes to the same SQLite file: wait out its locks
-            try:
-                async with db.session_context(begin_transaction=True) as session:
-                    result = await models.flow_runs.set_flow_run_state(
-                        session, run_id, State(type=kind, timestamp=at(when), **({"name": name} if name else {})),
-                        force=True)
-                break
-            except OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 19:
-                    raise
-                await asyncio.sleep(0.5)
+        # BEGIN IMMEDIATE: the server writes to the same SQLite file, and a deferred transaction that must
+        # upgrade to write after the server wrote is refused at once instead of waiting its turn.
+        async with db.session_context(begin_transaction=True, with_for_update=True) as session:
+            result = await models.flow_runs.set_flow_run_state(
+                session, run_id, State(type=kind, timestamp=at(when), **({"name": name} if name else {})),
+                force=True)
         assert result.status.value == "ACCEPT"
 
 

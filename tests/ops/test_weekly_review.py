@@ -341,7 +341,8 @@ def test_generated_runs_read_back_like_runs_driven_through_prefects_orchestratio
 
     async def orchestrate() -> uuid.UUID:
         db = provide_database_interface()
-        async with db.session_context(begin_transaction=True) as session:
+        # IMMEDIATE, as benchmarks/run_history does: the server writes to the same SQLite file.
+        async with db.session_context(begin_transaction=True, with_for_update=True) as session:
             run = await models.flow_runs.create_flow_run(session=session, flow_run=schemas.core.FlowRun(
                 flow_id=made.flow_id, deployment_id=made.id, work_queue_id=made.work_queue_id,
                 work_queue_name=made.work_queue_name, state=steps[0]))
