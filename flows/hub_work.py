@@ -6,6 +6,10 @@ records `processingTime` (measured seconds) in the result, in a `processingTime=
 Cloud Logging line) and in an artifact. It retries 5 times with exponential backoff; the run that fails
 its last retry is dead-lettered: `dlq/{task_id}.json` in the status bucket, a `gpuops.task.dead-lettered`
 event and a notification through a Prefect notification block when one is named.
+
+A signed input URL carries its credential in the query string: logs, the artifact, the event and the
+notification show the URI without it (`shown_uri`). The dead letter keeps the request as it came, so it
+can be replayed; it lives in the status bucket beside the flow run's own parameters, not in any log.
 """
 from __future__ import annotations
 
@@ -25,8 +29,9 @@ from flows.common import notify
 from flows.run_app import WITHHELD_FROM_APP, app_command
 from gpuops import dead_letter
 from gpuops.errors import BadInput, CheckFailed
+from gpuops.hub.routing import shown_uri
 from gpuops.process_stream import run_streaming
-from gpuops.work_pool_backlog import pool_backlog
+from gpuops.work_pool_backlog import GPU_POOLS, pool_backlog
 
 RETRIES = 5  # the runbook: "retry 5回，失敗で DLQ へ"
 DEFAULT_RETRY_BASE_S = 10  # retries wait 10, 20, 40, 80, 160 s
@@ -112,10 +117,10 @@ def dead_letter_on_final_failure(flow, flow_run, state) -> None:
                resource={"prefect.resource.id": f"gpuops.task.{task_id}", "prefect.resource.name": task_id},
                related=[{"prefect.resource.id": f"prefect.flow-run.{flow_run.id}", "prefect.resource.role": "flow-run",
                          "prefect.resource.name": flow_run.name}],
-               payload={"input_uri": given["input_uri"], "error": doc["error"], "attempts": attempts,
+               payload={"input_uri": shown_uri(given["input_uri"]), "error": doc["error"], "attempts": attempts,
                         "dead_letter": where})
     notify(given.get("notification_block"), f"gpuops task {task_id} dead-lettered",
-           f"{given['input_uri']} failed {attempts} attempts (flow run {flow_run.id}); the request is kept "
+           f"{shown_uri(given['input_uri'])} failed {attempts} attempts (flow run {flow_run.id}); the request is kept "
            f"{'at ' if where.startswith('s3://') else ''}{where}. Last error: {doc['error'][:500]}")
 
 
@@ -159,7 +164,7 @@ def process_file(
     argv = command_for(command, input_uri)
     attempt = _this_attempt()
     logger.info("task %s attempt %d of %d: %s on %s (params: %s)", task_id, attempt, RETRIES + 1, argv[0],
-                input_uri, ", ".join(sorted(params or {})) or "none")
+                shown_uri(input_uri), ", ".join(sorted(params or {})) or "none")
     env = {k: v for k, v in os.environ.items() if k not in WITHHELD_FROM_APP}
     env.update(GPUOPS_TASK_ID=task_id, GPUOPS_INPUT_URI=input_uri, GPUOPS_TASK_PARAMS=json.dumps(params or {}),
                GPUOPS_ATTEMPT=str(attempt), PYTHONUNBUFFERED="1")
@@ -172,7 +177,7 @@ def process_file(
     create_markdown_artifact(
         key=_artifact_key(task_id), description=f"task {task_id}: processingTime {done.seconds:.3f} s",
         markdown=(f"| task | input | attempt | processingTime (s) | outcome |\n|---|---|---|---|---|\n"
-                  f"| {task_id} | {input_uri} | {attempt} | {done.seconds:.3f} | {outcome} |\n"))
+                  f"| {task_id} | {shown_uri(input_uri)} | {attempt} | {done.seconds:.3f} | {outcome} |\n"))
     if not done.ok:
         raise CheckFailed(f"the command {outcome} after {done.seconds} s; last lines:\n" + "\n".join(done.tail[-10:]),
                           [{"exit_code": done.exit_code, "tail": list(done.tail)}])
@@ -182,7 +187,6 @@ def process_file(
 
 # --- the GPU backlog, as events the backlog alert reads ---------------------------------------------------
 
-GPU_POOLS = ["gpuops-cloud-run-gpu", "gpuops-kubernetes-gpu"]  # the hub's GPU routes: cloud-run, gke
 BACKLOG_THRESHOLD = 100  # the runbook's alert 4-2: gpu-tasks backlog > 100
 BACKLOG_HIGH = "gpuops.work-pool.backlog.high"
 BACKLOG_NORMAL = "gpuops.work-pool.backlog.normal"
@@ -195,7 +199,7 @@ def watch_gpu_backlog(work_pools: Optional[list[str]] = None, threshold: int = B
     fires when a pool's `high` is not followed by a `normal` within 10 minutes.
 
     Args:
-        work_pools: the pools to watch; default the hub's GPU pools (Cloud Run GPU, GKE GPU).
+        work_pools: the pools to watch; default every GPU pool (Cloud Run GPU, GKE GPU, Docker GPU).
         threshold: a backlog over this many waiting runs is high.
     """
     from prefect.client.orchestration import get_client

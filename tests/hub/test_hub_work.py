@@ -194,3 +194,25 @@ def test_prefect_yaml_deploys_process_file_on_the_gpu_gke_and_cpu_pools_and_the_
     assert {found[name]["entrypoint"] for name in pools} == {"flows/hub_work.py:process_file"}
     assert all(found[name].get("description") for name in pools)
     assert found["watch-gpu-backlog"]["schedules"] == [{"interval": 60, "active": True}]
+
+
+def test_a_signed_urls_credential_never_reaches_the_log_artifact_event_or_notification(work, artifact_text):
+    signature = f"sig{uuid.uuid4().hex}"
+    signed = f"https://storage.googleapis.com/uploads/clip.mp4?X-Goog-Signature={signature}&X-Goog-Expires=900"
+    echo = ["python", "-c", "import sys; print('got an input'); sys.exit(4)"]
+
+    state = process_file.with_options(retries=0)(task_id=work.task_id, input_uri=signed, command=echo,
+                                                 notification_block=work.webhook.block, return_state=True)
+
+    assert state.is_failed()
+    _, _, logs = _run(state)
+    shown = "https://storage.googleapis.com/uploads/clip.mp4?[query withheld]"
+    assert any(shown in m for m in logs) and not [m for m in logs if signature in m]
+    assert shown in artifact_text(f"processing-time-{work.task_id}")
+    assert signature not in artifact_text(f"processing-time-{work.task_id}")
+    (event,) = _events(work.api, DEAD_LETTERED, f"gpuops.task.{work.task_id}")
+    assert event["payload"]["input_uri"] == shown
+    note = work.webhook.wait_for(lambda d: work.task_id in json.dumps(d.body), timeout_s=10)
+    assert note is not None and shown in note.body["body"] and signature not in json.dumps(note.body)
+    # The dead letter keeps the request as it came, to be replayed.
+    assert work.store.read_json(f"dlq/{work.task_id}.json")["request"]["input_uri"] == signed

@@ -18,6 +18,7 @@ from gpuops.hub.routing import (
     github_push,
     pubsub_envelope,
     route_of,
+    shown_uri,
 )
 
 
@@ -25,6 +26,17 @@ def refused(call, *args) -> BadRequest:
     with pytest.raises(BadRequest) as caught:
         call(*args)
     return caught.value
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("gs://b/videos/clip.mp4", "gs://b/videos/clip.mp4"),
+    ("https://s3.example.com/b/a.wav?X-Amz-Signature=abc&X-Amz-Credential=AKIA",
+     "https://s3.example.com/b/a.wav?[query withheld]"),
+    ("https://acct.blob.core.windows.net/c/a.mov?sv=2024&sig=abc#frag", "https://acct.blob.core.windows.net/c/a.mov?[query withheld]"),
+    ("https://host/a.mp4#only-a-fragment", "https://host/a.mp4?[query withheld]"),
+])
+def test_a_uri_is_shown_without_its_query_string(uri, shown):
+    assert shown_uri(uri) == shown
 
 
 # --- check_task_body --------------------------------------------------------------------------
