@@ -109,3 +109,51 @@ def _record(key: str, question: str, decision: Decision) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(key=key, markdown=answer_markdown(question, decision))
+
+
+# --- the approver's side: what a person does in the UI, for the demo and the tests ------------------------
+
+
+def paused_run(flow_name: str, timeout_s: float = 60, poll_s: float = 0.2):
+    """The first Paused run of the flow named `flow_name`, waiting up to `timeout_s` for one."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
+                                                FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+
+    paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                                         flow_run_filter=paused)
+            if runs:
+                return runs[0]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no paused {flow_name} run within {timeout_s:g} s")
+            time.sleep(poll_s)
+
+
+def answer_paused(api_url: str, flow_name: str, run_input: dict, timeout_s: float = 60) -> str:
+    """Answer the paused run's form as the UI's Resume button does (POST /flow_runs/{id}/resume); its id.
+
+    A run turns Paused a moment before its form's schema is saved (a resume in between is REJECTed,
+    "Run input schema not found") and SQLite may answer 500/503 under load: both are retried for 10 s.
+    A body the form refuses stays REJECT and raises ValueError with the server's reason.
+    """
+    import time
+
+    import httpx
+
+    run = paused_run(flow_name, timeout_s)
+    for _ in range(50):
+        response = httpx.post(f"{api_url}/flow_runs/{run.id}/resume", json={"run_input": run_input}, timeout=30)
+        if response.status_code < 500 and response.json().get("status") != "REJECT":
+            break
+        time.sleep(0.2)
+    said = response.json() if response.status_code < 500 else {"status": response.status_code}
+    if said.get("status") != "ACCEPT":
+        raise ValueError(f"the {flow_name} run {run.id} did not accept the answer: {said}")
+    return str(run.id)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -159,26 +158,10 @@ def run_slow_candidate(stack: dict) -> None:
 def approve_when_paused(api_url: str, note: str) -> threading.Thread:
     """The operator: finds the paused run and answers its form through the Prefect API (POST .../resume)."""
     def answer() -> None:
-        import httpx
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
-                                                    FlowRunFilterStateType)
-        from prefect.client.schemas.objects import StateType
+        from gpuops.approvals import answer_paused
 
-        paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
-        deadline = time.monotonic() + 120
-        with get_client(sync_client=True) as prefect:
-            while time.monotonic() < deadline:
-                runs = prefect.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW])),
-                                              flow_run_filter=paused)
-                if runs:
-                    # "REJECT" until the form's schema is saved, a moment after the run turns Paused.
-                    said = httpx.post(f"{api_url}/flow_runs/{runs[0].id}/resume",
-                                      json={"run_input": {"approve": True, "note": note}}).json()
-                    if said.get("status") == "ACCEPT":
-                        say(f"   the operator approved through the Prefect API: {note!r}")
-                        return
-                time.sleep(0.5)
+        answer_paused(api_url, FLOW, {"approve": True, "note": note}, timeout_s=120)
+        say(f"   the operator approved through the Prefect API: {note!r}")
 
     thread = threading.Thread(target=answer, name="demo-operator", daemon=True)
     thread.start()
