@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from gpuops import retry
 
 log = logging.getLogger("gpuops.hub.dispatcher")
+CLOUD_RUN_GPU_POOL = "gpuops-cloud-run-gpu"  # deployments/work_pools/gpuops-cloud-run-gpu.json
 CPU_RATE_LIMIT = "gpuops-cpu-route"  # the runbook's Cloud Tasks queue: --max-dispatches-per-second=5
 
 
@@ -28,7 +29,7 @@ class DispatchSettings:
     batch: int = 20
     lease_s: float = 120.0
     idle_wait_s: float = 1.0
-    backlog_pool: str | None = "gpuops-cloud-run-gpu"  # whose backlog decides GKE overflow
+    backlog_pool: str | None = CLOUD_RUN_GPU_POOL  # whose backlog decides GKE overflow; None: not read
     backlog_every_s: float = 10.0
     # Waits between dispatch attempts while Prefect is down: full jitter, capped at a minute; no attempt cap.
     backoff: retry.Backoff = field(default_factory=lambda: retry.Backoff(initial_s=0.5, maximum_s=60.0))

@@ -94,7 +94,10 @@ def create_app(outbox, dispatcher, settings: IntakeSettings):
 
     @app.get("/healthz")
     def healthz():
-        return {"ok": True}
+        # The overflow's inputs, so an operator (and a probe) sees why GPU work goes where it goes.
+        return {"ok": True, "gke_route": {"enabled": settings.enable_gke_route,
+                                          "cloud_run_backlog": dispatcher.cloud_run_backlog,
+                                          "threshold": settings.gke_backlog_threshold}}
 
     @app.post("/v1/tasks")
     async def post_task(request: Request):

@@ -13,10 +13,13 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.waiting import wait_until
 
 API_KEY = "hub-test-key-0123456789"
 GITHUB_SECRET = "It's a Secret to Everybody"
@@ -55,8 +58,9 @@ def work_deployments(prefect_api):
 class Hub:
     """`gpuops hub` on a free port with its own outbox file; start/kill/restart like an operator would."""
 
-    def __init__(self, prefect_api: str, db: Path, log: Path, extra_env: dict | None = None, lease_s: float = 60):
-        self.port, self.db, self.log, self.lease_s = free_port(), db, log, lease_s
+    def __init__(self, prefect_api: str, db: Path, log: Path, extra_env: dict | None = None, lease_s: float = 60,
+                 args: tuple = ()):
+        self.port, self.db, self.log, self.lease_s, self.args = free_port(), db, log, lease_s, list(args)
         self.env = {**os.environ, "PREFECT_API_URL": prefect_api, "GPUOPS_HUB_API_KEY": API_KEY,
                     "GITHUB_WEBHOOK_SECRET": GITHUB_SECRET, "GPUOPS_PUBSUB_PUSH_TOKEN": PUSH_TOKEN,
                     **(extra_env or {})}
@@ -69,7 +73,7 @@ class Hub:
     def start(self) -> "Hub":
         log = open(self.log, "ab")
         self.proc = subprocess.Popen([GPUOPS, "hub", "--port", str(self.port), "--db", str(self.db),
-                                      "--lease-s", str(self.lease_s)], env=self.env,
+                                      "--lease-s", str(self.lease_s), *self.args], env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -159,6 +163,90 @@ def test_a_task_is_accepted_at_once_and_dispatched_to_its_route(hub, uri, route,
     run = flow_run(seen["flow_run_id"])
     assert deployment_name(run) == deployment
     assert run.parameters == {"task_id": body["id"], "input_uri": uri, "params": {"lang": "ja"}}
+
+
+def health(hub) -> dict:
+    return httpx.get(f"{hub.url}/healthz", timeout=10).json()
+
+
+@pytest.fixture
+def backlogged_pool(prefect_api):
+    """A work pool with no worker and 3 runs already due on it: a backlog of 3. Its runs go afterwards."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.states import Scheduled
+
+    from flows.hub_work import process_file
+
+    pool = f"hub-test-backlog-{uuid.uuid4().hex[:6]}"
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        deployment_id = process_file.to_deployment(name=pool, work_pool_name=pool).apply()
+        due = datetime.now(timezone.utc) - timedelta(minutes=1)
+        runs = [client.create_flow_run_from_deployment(
+            deployment_id, parameters={"task_id": f"waiting-{n}", "input_uri": "gs://media/w.mp4"},
+            state=Scheduled(scheduled_time=due)) for n in range(3)]
+    yield pool
+    with get_client(sync_client=True) as client:
+        for run in runs:
+            client.delete_flow_run(run.id)
+
+
+def test_with_the_gke_route_on_gpu_work_overflows_while_the_cloud_run_backlog_is_over_the_threshold(
+        prefect_api, work_deployments, backlogged_pool, tmp_path):
+    def hub_with(threshold: int) -> Hub:
+        return Hub(prefect_api, tmp_path / f"outbox-{threshold}.sqlite", tmp_path / f"hub-{threshold}.log",
+                   args=("--enable-gke-route", "--gke-backlog-threshold", str(threshold),
+                         "--cloud-run-pool", backlogged_pool)).start()
+
+    over, at = hub_with(2), hub_with(3)  # a backlog of 3 is over 2, and not over 3
+    try:
+        for hub in (over, at):
+            seen = wait_until(lambda: (h := health(hub))["gke_route"]["cloud_run_backlog"] is not None and h,
+                              "the backlog read")
+            assert seen["gke_route"] == {"enabled": True, "cloud_run_backlog": 3, "threshold": int(hub.args[2])}
+
+        overflowed = over.post_task({"input_uri": "gs://media/o.mp4"}).json()
+        assert overflowed["destination"] == "gke"
+        assert deployment_name(flow_run(over.wait_dispatched(overflowed["id"])["flow_run_id"])) == "gpu-work-gke"
+        # The client's explicit header wins over the overflow; CPU work never overflows.
+        assert over.post_task({"input_uri": "gs://media/p.mp4"}, **{"X-Destination": "cloud-run"}).json()[
+            "destination"] == "cloud-run"
+        assert over.post_task({"input_uri": "gs://media/o.csv"}).json()["destination"] is None
+        assert at.post_task({"input_uri": "gs://media/q.mp4"}).json()["destination"] == "cloud-run"
+    finally:
+        over.stop()
+        at.stop()
+
+
+def test_with_the_gke_route_off_the_backlog_is_not_read(hub):
+    assert health(hub)["gke_route"] == {"enabled": False, "cloud_run_backlog": None, "threshold": 20}
+
+
+def test_the_cpu_route_is_held_to_5_dispatches_a_second_by_a_global_concurrency_limit(
+        prefect_api, work_deployments, tmp_path):
+    """30 CPU tasks through a dispatcher allowed 100 creates/s: the CPU route's limit (5 slots, decaying at
+    5/s, shared by every hub replica on the server) admits a burst of 5, then 5 a second: 5 s at least,
+    where unlimited creates take under 3 s (Prefect on SQLite makes ~11 runs/s)."""
+    from prefect.client.orchestration import get_client
+
+    from gpuops.hub.dispatcher import CPU_RATE_LIMIT, DispatchSettings, Dispatcher
+    from gpuops.hub.outbox import NewTask, open_outbox
+
+    with open_outbox(f"sqlite:///{tmp_path / 'outbox.sqlite'}") as outbox:
+        for n in range(30):
+            outbox.accept(NewTask(kind="task", deployment="process-file/cpu-work", route="cpu",
+                                  parameters={"task_id": f"cpu-{n}", "input_uri": f"gs://media/{n}.csv"}))
+        dispatcher = Dispatcher(outbox, DispatchSettings(rate_per_s=100, batch=30, backlog_pool=None))
+        started = time.monotonic()
+        assert dispatcher.run_once() == 30
+        took = time.monotonic() - started
+        assert outbox.counts()["dispatched"] == 30
+    # (30 - a burst of 5) / 5 per second: at least 5 s, however fast the server is.
+    assert took >= 4.9, f"30 CPU dispatches took {took:.2f} s: the 5/s limit did not hold"
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(CPU_RATE_LIMIT)
+    assert (limit.limit, limit.slot_decay_per_second) == (5, 5.0)
 
 
 def test_x_destination_gke_sends_gpu_work_to_the_gke_pool_and_a_bad_one_is_400(hub):
@@ -398,3 +486,14 @@ def test_a_task_for_a_deployment_prefect_does_not_have_is_dead_lettered_with_the
         assert seen.state == "dead-lettered" and "process-file/no-such-deployment not found" in seen.last_error
         assert "prefect deploy" in seen.last_error
         assert dispatcher.run_once() == 0  # never claimed again
+
+
+@pytest.mark.parametrize("flags, field", [
+    (["--gke-backlog-threshold", "-1"], "gke_backlog_threshold (--gke-backlog-threshold)"),
+    (["--rate-per-s", "0"], "rate_per_s (--rate-per-s)"), (["--lease-s", "0"], "lease_s (--lease-s)"),
+    (["--port", "70000"], "port (--port)")])
+def test_bad_hub_settings_exit_2_naming_the_flag_before_anything_starts(flags, field, tmp_path):
+    done = subprocess.run([GPUOPS, "hub", "--db", str(tmp_path / "outbox.sqlite"), *flags],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert field in done.stderr and not (tmp_path / "outbox.sqlite").exists()
