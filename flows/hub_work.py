@@ -29,8 +29,8 @@ from flows.common import notify
 from flows.run_app import WITHHELD_FROM_APP, app_command
 from gpuops import dead_letter
 from gpuops.errors import BadInput, CheckFailed
-from gpuops.hub.routing import shown_uri
 from gpuops.process_stream import run_streaming
+from gpuops.uris import shown_uri
 from gpuops.work_pool_backlog import GPU_POOLS, pool_backlog
 
 RETRIES = 5  # the runbook: "retry 5回，失敗で DLQ へ"

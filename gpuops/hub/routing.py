@@ -88,15 +88,6 @@ def check_uri(field: str, uri: Any) -> str:
     return uri
 
 
-def shown_uri(uri: str) -> str:
-    """The URI as logs, artifacts, events and notifications may show it: without its query string and
-    fragment, where a signed URL (X-Goog-Signature, X-Amz-Signature, a SAS token) carries its credential."""
-    parts = urlsplit(uri)
-    if not parts.query and not parts.fragment:
-        return uri
-    return parts._replace(query="", fragment="").geturl() + "?[query withheld]"
-
-
 def check_params(params: Any) -> dict:
     """An optional JSON object of at most MAX_PARAMS_DEPTH levels and MAX_PARAMS_BYTES as JSON."""
     if params is None:

@@ -18,8 +18,8 @@ from gpuops.hub.routing import (
     github_push,
     pubsub_envelope,
     route_of,
-    shown_uri,
 )
+from gpuops.uris import shown_uri
 
 
 def refused(call, *args) -> BadRequest:
