@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from gpuops.errors import BadInput, CouldNotRun
+from gpuops.hub.dispatcher import CLOUD_RUN_GPU_POOL
 
 
 def register(subparsers) -> None:
@@ -16,6 +17,9 @@ def register(subparsers) -> None:
                    help="overflow GPU work to GKE when the Cloud Run GPU pool's backlog passes the threshold "
                         "(ENABLE_GKE_ROUTE=true)")
     p.add_argument("--gke-backlog-threshold", type=int, help="backlog (late + scheduled runs) that overflows (default 20)")
+    p.add_argument("--cloud-run-pool", default=CLOUD_RUN_GPU_POOL, metavar="NAME",
+                   help=f"the work pool whose backlog decides the overflow, read every 10 s while the GKE route is on "
+                        f"(default {CLOUD_RUN_GPU_POOL})")
     p.add_argument("--rate-per-s", type=float, default=10.0, help="flow runs created per second at most (default 10)")
     for setting, flag in (("api_key", "--api-key-block"), ("github_secret", "--github-secret-block"),
                           ("pubsub_token", "--pubsub-token-block")):
@@ -40,6 +44,9 @@ def serve(args) -> dict:
         raise BadInput(f"port (--port) {args.port} is not a TCP port: pass 1-65535")
     if args.lease_s <= 0:
         raise BadInput(f"lease_s (--lease-s) {args.lease_s} must be above 0: pass e.g. --lease-s 60")
+    if args.gke_backlog_threshold is not None and args.gke_backlog_threshold < 0:
+        raise BadInput(f"gke_backlog_threshold (--gke-backlog-threshold) {args.gke_backlog_threshold} is below 0: "
+                       "pass the number of waiting runs that overflows, e.g. 20")
     if args.rate_per_s <= 0:
         raise BadInput(f"rate_per_s (--rate-per-s) {args.rate_per_s} must be above 0: pass e.g. --rate-per-s 10")
     blocks = {name: getattr(args, f"{name}_block") for name in ("api_key", "github_secret", "pubsub_token")
@@ -55,7 +62,10 @@ def serve(args) -> dict:
         raise CouldNotRun(f"the hub's outbox could not be opened: {exc}") from None
     except ValueError as exc:
         raise BadInput(f"db (--db / GPUOPS_HUB_DB): {exc}") from None
-    dispatcher = Dispatcher(outbox, DispatchSettings(rate_per_s=args.rate_per_s, lease_s=args.lease_s)).start()
+    # The backlog is read only while it decides something: with the GKE route off nothing overflows.
+    dispatch = DispatchSettings(rate_per_s=args.rate_per_s, lease_s=args.lease_s,
+                                backlog_pool=args.cloud_run_pool if settings.enable_gke_route else None)
+    dispatcher = Dispatcher(outbox, dispatch).start()
     logging.getLogger("gpuops.hub").info("hub %s on %s:%s", dispatcher.owner, args.host, args.port)
     try:
         # Access logs off: a request line can carry a Pub/Sub push token in its query.
