@@ -97,14 +97,19 @@ def read_card(api: vast.Vast, instance_id: int, url: str, request: vast_plan.Req
     """The card as the host reads it: the project's probe at the app's /gpu-probe, else the set-up log's nvidia-smi."""
     import httpx
 
+    source = f"gpuops probe at {url}/gpu-probe"
     with HostClient(url, timeout_s=REQUEST_TIMEOUT_S) as client:
         try:
             report = client.probe(request.need_gib, request.filter.min_compute_cap)
-            return {"gpus": report.get("gpus") or [], "source": f"gpuops probe at {url}/gpu-probe",
+            return {"gpus": report.get("gpus") or [], "source": source,
                     "verdict": report.get("verdict"), "reasons": report.get("reasons") or []}
         except httpx.HTTPStatusError as exc:
-            if exc.response.status_code != 404:
-                raise
+            if exc.response.status_code != 404:  # a probe that fails is an unread card, not a crashed run
+                return {"gpus": [], "source": source, "verdict": None, "reasons": [],
+                        "unread": f"the probe answered HTTP {exc.response.status_code}"}
+        except httpx.HTTPError as exc:
+            return {"gpus": [], "source": source, "verdict": None, "reasons": [],
+                    "unread": f"the probe did not answer ({type(exc).__name__})"}
     result = vast_plan.setup_result(log_text(api, instance_id))
     return {"gpus": vast_plan.gpus_from_setup_log(result) or [], "verdict": None, "reasons": [],
             "source": "nvidia-smi line of the set-up log (the app has no /gpu-probe)"}
@@ -236,15 +241,21 @@ class Provisioning:
 
     def _check_host(self, offer: dict, attempt: Attempt, url: str) -> None:
         card = read_card(self.api, attempt.instance_id, url, self.request)
-        if card["gpus"]:
-            attempt.measured["vram"] = {**vast_plan.measured_vram(card["gpus"]), "how": card["source"]}
-        mismatch = vast_plan.vram_verdicts(offer, card["gpus"], self.request.need_gib)
-        if mismatch:
-            attempt.reasons = [str(v) for v in mismatch]
+        if not card["gpus"]:
+            self._abandon(attempt, vast_plan.card_unread(card["source"], card.get("unread"), card["reasons"]))
+            return
+        attempt.measured["vram"] = {**vast_plan.measured_vram(card["gpus"]), "how": card["source"]}
+        mismatch = vast_plan.listing_mismatch(offer, card["gpus"])
+        if mismatch:  # the card read is not the card listed: the one destroy without asking
+            attempt.reasons = [str(mismatch)]
             destroy_mismatched(self.api, attempt.instance_id, attempt.reasons)
             attempt.outcome = VRAM_MISMATCH
             self.strikes.lying_machines.add(offer.get("machine_id"))
             self.records.pop(attempt.instance_id, None)
+            return
+        shortfall = vast_plan.need_shortfall(offer, card["gpus"], self.request.need_gib)
+        if shortfall:
+            self._abandon(attempt, [str(shortfall)])
             return
         if card["verdict"] == "fail":
             self._abandon(attempt, [f"the GPU probe failed: {r}" for r in card["reasons"]])

@@ -47,7 +47,8 @@ def parse_request(raw: bytes) -> tuple[str, int]:
 
 
 def failure_mode() -> str:
-    """SAMPLE_APP_FAIL: "" (healthy), "generate" (health passes, real work fails) or "all"."""
+    """SAMPLE_APP_FAIL: "" (healthy), "generate" (health passes, real work fails), "gpu-probe" (the probe
+    endpoint answers 500: a host whose card cannot be read) or "all"."""
     return os.environ.get("SAMPLE_APP_FAIL", "").strip().lower()
 
 
@@ -64,6 +65,8 @@ class Handler(BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         if path == "/healthz":
             self._answer(200, {"status": "ok", "revision": revision()})
+        elif path == "/gpu-probe" and failure_mode() == "gpu-probe":
+            self._answer(500, {"error": "the probe failed (SAMPLE_APP_FAIL=gpu-probe)", "revision": revision()})
         elif path == "/gpu-probe":
             self._probe(query)
         else:

@@ -331,14 +331,31 @@ def silence_reasons(bound_s: float, record: dict | None, log: str) -> list[str]:
             "--wait-s when the set-up downloads a large model."]
 
 
-def vram_verdicts(offer: dict, gpus: list[dict], need_gib: float) -> list[host_rules.Verdict]:
-    """The card read on the host against the offer's listing and the need; failures only."""
-    name = str(offer.get("gpu_name"))
-    verdicts = [host_rules.vram_matches_offer(offer_vram_mib(offer), gpus, name)]
-    if gpus:
-        lowest = min(gpu["memory_total_mib"] for gpu in gpus)
-        verdicts.append(host_rules.vram_verdict(name, lowest, need_gib))
-    return [v for v in verdicts if not v.ok]
+def listing_mismatch(offer: dict, gpus: list[dict]) -> host_rules.Verdict | None:
+    """A card read on the host with less VRAM than the offer listed (the one reason to destroy a fresh
+    instance), else None. An empty reading is no such proof: see card_unread."""
+    if not gpus:
+        return None
+    verdict = host_rules.vram_matches_offer(offer_vram_mib(offer), gpus, str(offer.get("gpu_name")))
+    return None if verdict.ok else verdict
+
+
+def need_shortfall(offer: dict, gpus: list[dict], need_gib: float) -> host_rules.Verdict | None:
+    """A card that is what was listed but holds less than the job needs, else None (the instance is kept:
+    nothing lied, and what to do with it is the operator's call)."""
+    if not gpus:
+        return None
+    lowest = min(gpu["memory_total_mib"] for gpu in gpus)
+    verdict = host_rules.vram_verdict(str(offer.get("gpu_name")), lowest, need_gib)
+    return None if verdict.ok else verdict
+
+
+def card_unread(source: str, why: str | None, probe_reasons: list[str]) -> list[str]:
+    """Why a host whose card could not be read is abandoned (kept, offered for release on approval)."""
+    said = "; ".join(probe_reasons[:3])
+    return [f"the card could not be read ({why or 'no GPU in the reading'}; {source})" + (f": {said}" if said else "")
+            + ". Fix: read the instance's log (a driver that failed, nvidia-smi missing); the next offer is tried "
+            "and this instance is kept until an approver releases it."]
 
 
 # ---------------------------------------------------------------- what is reported

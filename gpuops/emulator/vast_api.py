@@ -30,6 +30,7 @@ VAST_EMULATOR_LABEL = "gpuops local vast.ai API stand-in \u2014 not vast.ai"
 HEADER = {"X-Gpuops-Emulator": "vast-api"}
 SAMPLE_OFFERS = "vast_offers_sample.json"
 STUCK_LOADING = "stuck-loading"  # a machine whose image never finishes pulling (runbook 004, case 5)
+NO_DEVICES = "no-devices"  # boots and serves, but its nvidia-smi finds no card ("No devices were found")
 FIRST_INSTANCE_ID = 9_100_001
 APP_PORT = "8000/tcp"  # the container port gpuops maps (`-p 8000:8000`) when the create names none
 QUERY_KEYS = {"order", "type", "limit", "allocated_storage", "disable_bundling"}
@@ -48,7 +49,8 @@ RENTABLE_HINT = (f"--gpu-name with one of {', '.join(repr(n) for n in ['RTX 3060
 @dataclass(frozen=True)
 class Machine:
     """What a machine really is, whatever its listing says: its card (a recorded reading's name, None: no
-    GPU) and how its host behaves ("" boots and serves, SILENT never answers, STUCK_LOADING never boots)."""
+    GPU) and how its host behaves ("" boots and serves, SILENT never answers, STUCK_LOADING never boots,
+    NO_DEVICES serves with a driver that sees no card)."""
 
     card: str | None
     behaviour: str = ""
@@ -303,7 +305,8 @@ class VastState:
 
     def _boot(self, instance: Instance) -> None:
         behaviour = SILENT if instance.behaviour in (SILENT, STUCK_LOADING) else ""
-        host = self.fleet.start(host_id(instance.record["id"]), instance.card, command=instance.command,
+        card = None if instance.behaviour == NO_DEVICES else instance.card
+        host = self.fleet.start(host_id(instance.record["id"]), card, command=instance.command,
                                 env=instance.env, behaviour=behaviour)
         instance.host_port = host.port
 

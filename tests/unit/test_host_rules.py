@@ -266,3 +266,36 @@ def test_every_failed_or_warned_verdict_names_the_rule_the_value_and_the_fix():
         assert verdict.rule and verdict.message and verdict.fix and verdict.value is not None, verdict
         assert str(verdict).startswith(f"[{verdict.rule}] ") and " Fix: " in str(verdict)
         assert set(verdict.as_dict()) == {"rule", "ok", "warn", "value", "message", "fix"}
+
+
+# --- after renting: which reading destroys, which only abandons (gpuops.vast_plan) ------------------------
+
+
+def test_only_a_card_reading_less_than_its_listing_is_a_mismatch_to_destroy():
+    from gpuops import vast_plan
+
+    listed_12gb = {"gpu_name": "RTX 3060", "gpu_ram": 12288}
+    assert "8192 MiB" in str(vast_plan.listing_mismatch(listed_12gb, reading("rtx3060_8gb")))
+    assert vast_plan.listing_mismatch(listed_12gb, reading("rtx3060_12gb")) is None
+    assert vast_plan.listing_mismatch(listed_12gb, []) is None  # nothing read proves no lie
+
+
+def test_a_card_as_listed_but_short_of_the_need_is_a_shortfall_not_a_mismatch():
+    from gpuops import vast_plan
+
+    listed_t4 = {"gpu_name": "Tesla T4", "gpu_ram": 15360}
+    t4 = reading("t4")
+    assert vast_plan.listing_mismatch(listed_t4, t4) is None
+    assert vast_plan.need_shortfall(listed_t4, t4, need_gib=12) is None
+    short = vast_plan.need_shortfall(listed_t4, t4, need_gib=20)
+    assert short is not None and not short.ok and short.rule
+    assert vast_plan.need_shortfall(listed_t4, [], need_gib=20) is None
+
+
+def test_an_unread_card_says_why_and_that_the_instance_is_kept():
+    from gpuops import vast_plan
+
+    [why] = vast_plan.card_unread("gpuops probe at http://h/gpu-probe", "the probe answered HTTP 500", [])
+    assert "HTTP 500" in why and "kept until an approver releases it" in why
+    [empty] = vast_plan.card_unread("probe", None, ["nvidia-smi failed: exit 9"])
+    assert "no GPU in the reading" in empty and "nvidia-smi failed: exit 9" in empty

@@ -8,7 +8,7 @@ import pytest
 from flows.provision_vast import provision_vast, release_vast
 from gpuops import monthly_cost, vast
 from gpuops.emulator.gpu_hosts import SILENT
-from gpuops.emulator.vast_api import Machine, sample_offers
+from gpuops.emulator.vast_api import NO_DEVICES, Machine, sample_offers
 from gpuops.errors import BadInput, CheckFailed, CouldNotRun
 from gpuops.vast_plan import ABANDONED, READY, SKIPPED, VRAM_MISMATCH
 from tests.artifacts import latest_artifact
@@ -137,6 +137,29 @@ def test_a_vram_mismatch_destroys_only_that_fresh_instance(hub):
     assert first["measured"]["vram"]["memory_total_mib"] == 8192 and second["outcome"] == READY
     assert writes(hub) == [("create", DE_RTX_3060), ("destroy", first["instance_id"]), ("create", OHIO_RTX_3060)]
     assert result["kept"] == [second["instance_id"]] and result["release"] is None
+
+
+def test_a_host_whose_card_cannot_be_read_is_abandoned_and_kept_never_destroyed(hub):
+    """No GPU in the reading proves no lie about the listing: the instance is kept for an approved release.
+    (The set-up template checks nvidia-smi first, so the run learns it from the set-up's FATAL line.)"""
+    hub.machines[DE_MACHINE] = Machine("rtx3060_12gb", NO_DEVICES)  # nvidia-smi: "No devices were found"
+    hub.machines[OHIO_MACHINE] = Machine("rtx3060_12gb")
+    result = provision_vast(**provision_args(offer_filter=RTX_3060))
+    first, second = result["attempts"]
+    assert (first["outcome"], second["outcome"]) == (ABANDONED, READY)
+    assert "set-up failed: nvidia-smi failed: the driver is not usable" in first["reasons"][0]
+    assert writes(hub) == [("create", DE_RTX_3060), ("create", OHIO_RTX_3060)]
+    assert first["instance_id"] in result["kept"] and result["release"]["approval"]["timed_out"]
+
+
+def test_a_probe_that_fails_is_an_unread_card_not_a_crashed_run(hub):
+    hub.machines[DE_MACHINE] = Machine("rtx3060_12gb")
+    with pytest.raises(CheckFailed, match="no offer gave a working host") as failed:
+        provision_vast(**provision_args(offer_filter=RTX_3060, max_offers=1,
+                                        app_command=f"SAMPLE_APP_FAIL=gpu-probe {APP}"))
+    attempt = failed.value.details[0]["attempts"][0]
+    assert attempt["outcome"] == ABANDONED and "the probe answered HTTP 500" in attempt["reasons"][0]
+    assert writes(hub) == [("create", DE_RTX_3060)]  # kept: only an approver releases it
 
 
 def test_a_host_failing_three_times_is_skipped_for_the_run(hub):
