@@ -186,6 +186,17 @@ def build_run_publish(
     return doc
 
 
+# What status.json keeps for the dashboard's re-run link. The bucket may be public, so nothing that can hold a
+# value: run_job_variables (its env) is left out, and a re-run takes the deployment's own job variables.
+RERUN_PARAMETERS = ("repo", "sha", "ref", "runtime", "hf_repo", "hf_revision", "image_repo", "app_command",
+                    "output_dir", "need_vram_gib", "min_compute_cap", "run_timeout_s", "run_deployment_name",
+                    "status_bucket_block", "hf_hub_block", "registry_credentials_block")
+
+
+def rerun_parameters(parameters: dict) -> dict:
+    return {name: value for name, value in parameters.items() if name in RERUN_PARAMETERS}
+
+
 def _claim(store, job_id: str) -> dict:
     from prefect import runtime
     from prefect.utilities.urls import url_for
@@ -193,7 +204,7 @@ def _claim(store, job_id: str) -> dict:
     # url_for, not runtime.flow_run.ui_url: that one says /flow-runs/flow-run/, a page the UI does not have.
     fields = {"flow_run_id": str(runtime.flow_run.id), "flow_run_url": url_for("flow-run", obj_id=runtime.flow_run.id),
               "deployment_id": str(runtime.deployment.id) if runtime.deployment.id else None,
-              "parameters": dict(runtime.flow_run.parameters)}
+              "parameters": rerun_parameters(runtime.flow_run.parameters)}
     try:
         return claim_job(store, job_id, fields)
     except job_status.JobBusy as busy:
