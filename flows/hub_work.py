@@ -26,10 +26,10 @@ from prefect.artifacts import create_markdown_artifact
 
 from blocks.pipeline_blocks import status_store
 from flows.common import notify
-from flows.run_app import WITHHELD_FROM_APP, app_command
+from flows.run_app import app_command
 from gpuops import dead_letter
 from gpuops.errors import BadInput, CheckFailed
-from gpuops.process_stream import run_streaming
+from gpuops.process_stream import job_env, run_streaming
 from gpuops.uris import shown_uri
 from gpuops.work_pool_backlog import GPU_POOLS, pool_backlog
 
@@ -165,8 +165,7 @@ def process_file(
     attempt = _this_attempt()
     logger.info("task %s attempt %d of %d: %s on %s (params: %s)", task_id, attempt, RETRIES + 1, argv[0],
                 shown_uri(input_uri), ", ".join(sorted(params or {})) or "none")
-    env = {k: v for k, v in os.environ.items() if k not in WITHHELD_FROM_APP}
-    env.update(GPUOPS_TASK_ID=task_id, GPUOPS_INPUT_URI=input_uri, GPUOPS_TASK_PARAMS=json.dumps(params or {}),
+    env = job_env(GPUOPS_TASK_ID=task_id, GPUOPS_INPUT_URI=input_uri, GPUOPS_TASK_PARAMS=json.dumps(params or {}),
                GPUOPS_ATTEMPT=str(attempt), PYTHONUNBUFFERED="1")
     with tempfile.TemporaryDirectory(prefix="gpuops-work-") as where:
         done = run_streaming(app_command(argv, Path(where)), where, logger.info, timeout_s, env=env)

@@ -20,10 +20,8 @@ from blocks.pipeline_blocks import hub_settings, status_store
 from flows.stage_log import stage_log
 from gpuops import job_status, params
 from gpuops.errors import CheckFailed
-from gpuops.process_stream import run_streaming
+from gpuops.process_stream import job_env, run_streaming
 
-# gpuops' own credentials stay out of the app's environment: the app is the job's code, not ours.
-WITHHELD_FROM_APP = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN", "PREFECT_API_KEY")
 DEFAULT_APP_COMMAND = ["python", "main.py"]
 
 
@@ -69,8 +67,7 @@ def prepare_app(runtime: str, repo: str, sha: str, job_id: str, say) -> Path:
 @task(name="run-app-command", cache_policy=NO_CACHE, persist_result=False)
 def run_command(command: list[str], where: Path, output: Path, job_id: str, timeout_s: float, say) -> float:
     """The app, its lines streamed as they come; CheckFailed with the tail when it fails. Its seconds."""
-    env = {k: v for k, v in os.environ.items() if k not in WITHHELD_FROM_APP}
-    env.update(GPUOPS_OUTPUT_DIR=str(output), GPUOPS_JOB_ID=job_id, PYTHONUNBUFFERED="1")
+    env = job_env(GPUOPS_OUTPUT_DIR=str(output), GPUOPS_JOB_ID=job_id, PYTHONUNBUFFERED="1")
     done = run_streaming(app_command(command, where), str(where), say, timeout_s, env=env)
     if not done.ok:
         what = f"was stopped at the {timeout_s:g} s bound" if done.exit_code is None else f"exited {done.exit_code}"

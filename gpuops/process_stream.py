@@ -4,6 +4,7 @@ Lines go to `on_line` while the process runs, not at the end, so a log in a buck
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -12,6 +13,18 @@ from typing import Callable, Sequence
 
 LineSink = Callable[[str], None]
 NOT_RUNNABLE = 127  # the exit code a shell gives a command it cannot find or run
+# gpuops' own credentials stay out of the job's processes (its clone, its install, its app): they run the
+# job's code, not ours, and a build script can print its environment into a public log.
+WITHHELD_FROM_JOBS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN", "PREFECT_API_KEY",
+                      "PREFECT_API_AUTH_STRING", "VAST_API_KEY", "GPUOPS_HUB_API_KEY", "GITHUB_WEBHOOK_SECRET",
+                      "GPUOPS_PUBSUB_PUSH_TOKEN")
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    """This process's environment without gpuops' credentials, plus `extra`: for a job's own commands."""
+    env = {k: v for k, v in os.environ.items() if k not in WITHHELD_FROM_JOBS}
+    env.update(extra)
+    return env
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,12 @@
 check the repository out at the job's commit and install it, every line of it logged as it happens."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from gpuops.errors import CheckFailed
 from gpuops.job_status import check_job_id
-from gpuops.process_stream import Finished, LineSink, run_streaming
+from gpuops.process_stream import Finished, LineSink, job_env, run_streaming
 
 GIT_TIMEOUT_S = 600.0
 
@@ -58,7 +57,7 @@ def build_from_source(repo: str, sha: str, dest: Path, on_line: LineSink,
 
 def _no_prompt_env() -> dict[str, str]:
     # git (and uv fetching a git dependency) asking for a password would hang the worker: fail instead.
-    return {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    return job_env(GIT_TERMINAL_PROMPT="0")
 
 
 def _require(done: Finished) -> None:

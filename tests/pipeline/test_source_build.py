@@ -89,3 +89,18 @@ def test_checkout_resolves_a_short_sha_to_the_full_commit(tiny_app, tmp_path):
     lines = []
     assert checkout(str(repo), first[:7], tmp_path / "work", lines.append) == first
     assert (tmp_path / "work" / "app.py").read_text() == "print('v1')\n"
+
+
+def test_a_jobs_own_commands_see_none_of_gpuops_credentials(tmp_path, monkeypatch):
+    """The job's clone, install and app run its code, which may print its environment into a public log."""
+    from gpuops.process_stream import WITHHELD_FROM_JOBS, job_env
+
+    for name in WITHHELD_FROM_JOBS:
+        monkeypatch.setenv(name, f"planted-{name}")
+    monkeypatch.setenv("GPUOPS_HARMLESS", "kept")
+    lines = []
+    script = "import os\nfor k, v in sorted(os.environ.items()): print(f'{k}={v}')\n"
+    done = run_streaming([sys.executable, "-c", script], str(tmp_path), lines.append, timeout_s=60,
+                         env=job_env(GPUOPS_JOB_ID="job-1"))
+    assert done.ok and "GPUOPS_HARMLESS=kept" in lines and "GPUOPS_JOB_ID=job-1" in lines
+    assert not [line for line in lines if "planted-" in line], lines
